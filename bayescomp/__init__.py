@@ -1,0 +1,8 @@
+"""Bayesian Compression for Deep Learning [LUW17] in PyTorch, with the tools to measure it.
+
+[LUW17] C. Louizos, K. Ullrich, M. Welling. Bayesian Compression for Deep Learning. NIPS 2017.
+"""
+from bayescomp.method import DENSE, Compressed, CompressedLayer, Dense, LayerSet, Method
+from bayescomp.models import load_model
+
+__all__ = ["DENSE", "Compressed", "CompressedLayer", "Dense", "LayerSet", "Method", "load_model"]

@@ -1,0 +1,146 @@
+"""The paper's three networks, each built from a `LayerSet` so that methods swap in their layers.
+
+lenet300: 784-300-100-10 MLP with ReLU. lenet5_caffe: conv 20@5x5, pool, conv 50@5x5, pool,
+fc 800-500, fc 500-10 (ReLU after every hidden layer, as in the Sparse VD and BC reimplementations).
+vgg_cifar: the cifar.torch VGG (13 conv 3x3 + batch norm, fc 512-512 + batch norm, fc 512-10),
+without its dropout, since the compression methods bring their own noise.
+Every model starts with `Normalize`, so it takes raw images scaled to [0, 1]. `widths` builds the
+smaller dense model a structural export produces; `InputSelect` then keeps only the used inputs.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bayescomp.method import DENSE, LayerSet
+
+VGG_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                                  512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; mean and std are buffers, saved with the model."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class InputSelect(nn.Module):
+    """Flattens the input and keeps the features listed in `index` (a buffer)."""
+
+    def __init__(self, n_in: int, n_keep: int) -> None:
+        super().__init__()
+        self.n_in = n_in
+        self.register_buffer("index", torch.arange(n_keep))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1).index_select(1, self.index)
+
+
+def _flatten_or_select(n_in: int, n_keep: int) -> nn.Module:
+    return nn.Flatten() if n_keep == n_in else InputSelect(n_in, n_keep)
+
+
+def lenet300(layers: LayerSet = DENSE, mean: Sequence[float] = (0.1307,), std: Sequence[float] = (0.3081,),
+             widths: Sequence[int] = (784, 300, 100)) -> nn.Module:
+    """LeNet-300-100; widths = (kept input pixels, hidden1, hidden2)."""
+    w = list(widths)
+    return nn.Sequential(OrderedDict([
+        ("normalize", Normalize(mean, std)),
+        ("flatten", _flatten_or_select(784, w[0])),
+        ("fc1", layers.linear(w[0], w[1])), ("relu1", nn.ReLU()),
+        ("fc2", layers.linear(w[1], w[2])), ("relu2", nn.ReLU()),
+        ("fc3", layers.linear(w[2], 10)),
+    ]))
+
+
+def lenet5_caffe(layers: LayerSet = DENSE, mean: Sequence[float] = (0.1307,), std: Sequence[float] = (0.3081,),
+                 widths: Sequence[int] = (20, 50, 800, 500)) -> nn.Module:
+    """LeNet-5-Caffe; widths = (conv1 filters, conv2 filters, fc1 inputs, fc1 outputs)."""
+    c1, c2, f_in, f_out = widths
+    return nn.Sequential(OrderedDict([
+        ("normalize", Normalize(mean, std)),
+        ("conv1", layers.conv2d(1, c1, 5)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", layers.conv2d(c1, c2, 5)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+        ("flatten", _flatten_or_select(c2 * 16, f_in)),
+        ("fc1", layers.linear(f_in, f_out)), ("relu3", nn.ReLU()),
+        ("fc2", layers.linear(f_out, 10)),
+    ]))
+
+
+def vgg_cifar(layers: LayerSet = DENSE, mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
+              std: Sequence[float] = (0.2470, 0.2435, 0.2616),
+              widths: Sequence[int] | None = None) -> nn.Module:
+    """cifar.torch VGG; widths = 13 conv filter counts, then fc1 inputs, fc1 outputs."""
+    convs = [c for c in VGG_CFG if c != "M"]
+    w = list(widths) if widths is not None else [*convs, 512, 512]
+    mods: list[tuple[str, nn.Module]] = [("normalize", Normalize(mean, std))]
+    c_in, k = 3, 0
+    for c in VGG_CFG:
+        if c == "M":
+            mods.append((f"pool{k}", nn.MaxPool2d(2)))
+            continue
+        k += 1
+        mods += [(f"conv{k}", layers.conv2d(c_in, w[k - 1], 3, padding=1)),
+                 (f"bn{k}", nn.BatchNorm2d(w[k - 1])), (f"relu{k}", nn.ReLU())]
+        c_in = w[k - 1]
+    mods += [("flatten", _flatten_or_select(c_in, w[13])),
+             ("fc1", layers.linear(w[13], w[14])), ("bn_fc1", nn.BatchNorm1d(w[14])),
+             ("relu_fc1", nn.ReLU()), ("fc2", layers.linear(w[14], 10))]
+    return nn.Sequential(OrderedDict(mods))
+
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "lenet300": lenet300, "lenet5_caffe": lenet5_caffe, "vgg_cifar": vgg_cifar,
+}
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every Linear/Conv2d-like layer, in forward order."""
+    return [(n, m) for n, m in model.named_modules()
+            if hasattr(m, "in_features") or hasattr(m, "in_channels")]
+
+
+def count_weights(model: nn.Module, biases: bool = False) -> int:
+    """Number of weights of the prunable layers (biases optional; batch norm never counted)."""
+    total = 0
+    for _, m in prunable_layers(model):
+        total += m.weight.numel()
+        if biases and getattr(m, "bias", None) is not None:
+            total += m.bias.numel()
+    return total
+
+
+MODEL_FORMAT = "bayescomp-model/1"
+
+
+def model_record(model: nn.Module, model_name: str, widths: Sequence[int]) -> dict:
+    """A model as plain data (tensors, lists, strings), loadable with torch.load(weights_only=True)."""
+    norm = next(m for m in model.modules() if isinstance(m, Normalize))
+    return {"format": MODEL_FORMAT, "model": model_name, "widths": [int(w) for w in widths],
+            "mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Rebuild a saved model (model.pt of a results folder) for inference on images scaled to [0, 1].
+
+    Loads with weights_only=True: the file is plain data and cannot run code when opened.
+    """
+    rec = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(rec, dict) or rec.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a {MODEL_FORMAT} file (written by bayescomp's reproduce run)")
+    if rec["model"] not in BUILDERS:
+        raise ValueError(f"{path}: unknown model {rec['model']!r}; valid: {sorted(BUILDERS)}")
+    model = BUILDERS[rec["model"]](mean=rec["mean"], std=rec["std"], widths=rec["widths"])
+    model.load_state_dict(rec["state_dict"])
+    return model.eval()

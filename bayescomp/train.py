@@ -1,0 +1,189 @@
+"""One training loop for every method: loss = NLL + beta_t * method.penalty(model) / N.
+
+Batches are drawn by indexing in-memory uint8 tensors (resident on the training device); each
+epoch's order and noise come from generators seeded by (seed, epoch), so a run resumed from its
+per-epoch checkpoint continues exactly as an uninterrupted one. A non-finite loss stops the run
+with an error naming the epoch and step. Evaluation runs in `torch.inference_mode` on the model in
+eval mode (posterior means for the Bayesian layers).
+Not here: data loading (bayescomp.data), compression and metrics (method.compress, metrics).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from bayescomp.data import ImageData, augment_crop_flip
+from bayescomp.method import Method
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step", "linear")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. lr_schedule: constant | cosine | step (x lr_gamma at lr_milestones) | linear (to 0).
+    kl_warmup_epochs: the penalty weight rises linearly from 0 to 1 over this many epochs [Sønderby 2016].
+    """
+
+    epochs: int
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    kl_warmup_epochs: int = 0
+    augment: bool = False
+    amp_bf16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} unknown; valid: {list(OPTIMIZERS)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r} unknown; valid: {list(SCHEDULES)}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError("epochs must be >= 0 and batch_size >= 1")
+
+
+def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, seed: int,
+        device: torch.device | str = "cpu", checkpoint: Path | None = None, progress: bool = True,
+        train_subset: int | None = None, test_subset: int | None = None) -> list[dict[str, Any]]:
+    """Train `model` in place; return one history row per epoch. Resumes from `checkpoint` if it exists."""
+    device = torch.device(device)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    train_x, train_y = data.train_x[:train_subset].to(device), data.train_y[:train_subset].to(device)
+    test_x, test_y = data.test_x[:test_subset], data.test_y[:test_subset]
+    n = len(train_x)
+    steps = math.ceil(n / cfg.batch_size)
+    opt = _optimizer(model, cfg)
+    sched = _scheduler(opt, cfg)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        history, start = state["history"], state["epoch"]
+    bar = tqdm(total=cfg.epochs * steps, initial=start * steps, disable=not progress, unit="step",
+               dynamic_ncols=True, desc=f"{type(method).__name__} seed{seed}")
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        torch.manual_seed(seed * 100_003 + epoch)  # noise of stochastic layers
+        gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=gen, device=device)
+        beta = min(1.0, (epoch + 1) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs > 0 else 1.0
+        model.train()
+        sums = torch.zeros(4, device=device)  # loss, nll, penalty/N, wrong
+        window: list[Tensor] = []
+        for step in range(steps):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x = train_x[idx].float().div_(255)
+            if cfg.augment:
+                x = augment_crop_flip(x, gen)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = train_y[idx]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp_bf16):
+                logits = model(x)
+            nll = F.cross_entropy(logits.float(), y)
+            pen = method.penalty(model).to(device) / n
+            loss = nll + beta * pen
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            method.on_step_end(model)
+            with torch.no_grad():
+                wrong = (logits.argmax(1) != y).sum()
+                sums += torch.stack([loss.detach() * len(y), nll.detach() * len(y), pen.detach() * len(y), wrong])
+            window.append(loss.detach())
+            if len(window) == 50 or step == steps - 1:
+                _check_finite(window, epoch, step)
+                window = []
+                bar.set_postfix(loss=f"{sums[0].item() / min(n, (step + 1) * cfg.batch_size):.4f}")
+            bar.update(1)
+        if sched is not None:
+            sched.step()
+        method.on_epoch_end(model, epoch)
+        loss_m, nll_m, pen_m, wrong = (sums / n).tolist()
+        test_err = evaluate(model, test_x, test_y, device)
+        history.append({"epoch": epoch + 1, "train_loss": loss_m, "train_nll": nll_m, "penalty_per_n": pen_m,
+                        "kl_beta": beta, "train_error_pct": 100 * wrong, "test_error_pct": test_err,
+                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{loss_m:.4f}", test_err=f"{test_err:.2f}%")
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                          "scheduler": sched.state_dict() if sched is not None else None,
+                                          "history": history, "epoch": epoch + 1})
+    bar.close()
+    return history
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, device: torch.device | str = "cpu",
+             batch_size: int = 1000) -> float:
+    """Top-1 error in percent of `model` in eval mode on uint8 images x: (N, C, H, W)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    wrong = 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device).float().div_(255)
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        wrong += int((model(xb).argmax(1).cpu() != y[i:i + batch_size]).sum())
+    model.train(was_training)
+    return 100.0 * wrong / len(x)
+
+
+def _check_finite(losses: list[Tensor], epoch: int, last_step: int) -> None:
+    stacked = torch.stack(losses)
+    bad = (~torch.isfinite(stacked)).nonzero()
+    if len(bad):
+        step = last_step - len(losses) + 1 + int(bad[0])
+        raise TrainingDiverged(
+            f"loss became {stacked[int(bad[0])].item()} at epoch {epoch + 1}, step {step + 1}; "
+            "training stopped. Lower the learning rate (lr) or lengthen kl_warmup_epochs in the spec; "
+            "the last good checkpoint is kept and no results were written")
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    if cfg.lr_schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_milestones), gamma=cfg.lr_gamma)
+    if cfg.lr_schedule == "linear":
+        return torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=max(cfg.epochs, 1))
+    return None
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint intact

@@ -1,0 +1,66 @@
+"""Command line: python -m reproduce {list, run, table1}. Verbs and switches only; values live in experiments.toml."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bayescomp.data import DataError
+from bayescomp.train import TrainingDiverged
+from reproduce.run import run_one, status
+from reproduce.spec import DEFAULT_TOML, SpecError, load_suite
+from reproduce.tables import render_table1
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--spec", type=Path, default=DEFAULT_TOML, help="experiments file (default: the packaged one)")
+    common.add_argument("--results-dir", type=Path, default=Path("results"), help="default: ./results")
+    common.add_argument("--figures-dir", type=Path, default=Path("figures"), help="default: ./figures")
+    parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    p_list = sub.add_parser("list", parents=[common], help="experiments and whether each has current results")
+    p_list.add_argument("--profile", default=None, help="only this profile (default: all)")
+    p_run = sub.add_parser("run", parents=[common], help="train one experiment (all its seeds, or --seed) and record results")
+    p_run.add_argument("id", help="experiment id, <model>.<method> (see `list`)")
+    p_run.add_argument("--profile", default="paper")
+    p_run.add_argument("--seed", type=int, action="append", help="run only this seed (repeatable)")
+    p_run.add_argument("--force", action="store_true", help="rerun even if current results exist")
+    for p in (p_run,):
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+        p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and CIFAR10/ (or set BAYESCOMP_DATA)")
+        p.add_argument("--no-progress", action="store_true")
+    p_t1 = sub.add_parser("table1", parents=[common], help="render figures/table1.md from recorded results")
+    p_t1.add_argument("--profile", default="paper")
+    args = parser.parse_args(argv)
+    try:
+        suite = load_suite(args.spec)
+        if args.verb == "list":
+            profiles = [args.profile] if args.profile else list(suite.profiles)
+            for exp_id in suite.ids():
+                for prof in profiles:
+                    spec = suite.resolve(exp_id, prof)
+                    states = ", ".join(f"seed{s}: {status(args.results_dir, spec, s)}" for s in spec.seeds)
+                    print(f"{exp_id:<28} {prof:<6} {states}")
+        elif args.verb == "run":
+            spec = suite.resolve(args.id, args.profile)
+            seeds = args.seed or list(spec.seeds)
+            for seed in seeds:
+                m = run_one(suite, spec, seed, args.results_dir, device=args.device, data_dir=args.data_dir,
+                            progress=not args.no_progress, force=args.force)
+                print(f"{spec.id} [{spec.profile}] seed {seed}: error {m['error_pct']:.2f} %, "
+                      f"|w≠0|/|w| {m['nonzero_pct']:.2f} %, architecture {m['architecture']}, "
+                      f"CR fast {m['cr_fast']:.1f}")
+        elif args.verb == "table1":
+            print(render_table1(suite, args.profile, args.results_dir, args.figures_dir), end="")
+    except (SpecError, DataError, TrainingDiverged, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last completed epoch", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Train, compress, measure and record one (experiment, profile, seed); resumable.
+
+Results: results/<id>/<profile>/seed<k>/{spec.json, history.csv, metrics.json, model.pt}. They are
+written into a temporary folder and moved into place in one rename, so a killed run never leaves a
+half-written results folder. Work in progress (the per-epoch checkpoint) lives in
+results/.work/<id>/<profile>/seed<k>/ and is dropped when the spec hash changes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from bayescomp.data import load_dataset
+from bayescomp.metrics import summarize
+from bayescomp.models import load_model, model_record
+from bayescomp.train import fit
+from reproduce.registry import METHODS, MODELS
+from reproduce.spec import RunSpec, Suite
+
+RESULT_FILES = ("spec.json", "history.csv", "metrics.json", "model.pt")
+
+
+def result_dir(root: Path, exp_id: str, profile: str, seed: int) -> Path:
+    return root / exp_id / profile / f"seed{seed}"
+
+
+def status(root: Path, spec: RunSpec, seed: int) -> str:
+    """'current', 'stale' (recorded under another spec hash) or 'missing'."""
+    d = result_dir(root, spec.id, spec.profile, seed)
+    if not all((d / f).exists() for f in RESULT_FILES):
+        return "missing"
+    recorded = json.loads((d / "spec.json").read_text())
+    return "current" if recorded.get("spec_hash") == spec.hash else "stale"
+
+
+def load_result(root: Path, spec: RunSpec, seed: int) -> dict[str, Any]:
+    """metrics.json of a current result (callers check `status` first)."""
+    return json.loads((result_dir(root, spec.id, spec.profile, seed) / "metrics.json").read_text())
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available on this machine; use --device cpu")
+    return torch.device(device)
+
+
+def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str = "auto",
+            data_dir: str | None = None, progress: bool = True, force: bool = False) -> dict[str, Any]:
+    """Run (or resume) one seed of `spec` and record it; returns its metrics. Skips current results."""
+    out = result_dir(root, spec.id, spec.profile, seed)
+    if not force and status(root, spec, seed) == "current":
+        return load_result(root, spec, seed)
+    dev = resolve_device(device)
+    work = root / ".work" / spec.id / spec.profile / f"seed{seed}"
+    if (work / "spec_hash").exists() and (work / "spec_hash").read_text() != spec.hash:
+        shutil.rmtree(work)  # checkpoint of another spec: start over
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "spec_hash").write_text(spec.hash)
+
+    started = time.time()
+    data = load_dataset(spec.dataset, data_dir, val_size=spec.val_size)
+    torch.manual_seed(seed)
+    method = METHODS[spec.method](**spec.method_args)
+    model = MODELS[spec.model](layers=method.layers(), mean=data.mean, std=data.std)
+    if spec.pretrain is not None:
+        pre_spec = suite.resolve(spec.pretrain, spec.profile)
+        run_one(suite, pre_spec, seed, root, device=device, data_dir=data_dir, progress=progress)
+        pre_dir = result_dir(root, pre_spec.id, pre_spec.profile, seed)
+        method.init_from_pretrained(model, load_model(pre_dir / "model.pt"))  # type: ignore[attr-defined]
+    history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / "checkpoint.pt",
+                  progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset)
+    compressed = method.compress(model)
+    metrics, small = summarize(compressed, data, spec.model, dev, test_subset=spec.test_subset)
+    record = {
+        "id": spec.id, "profile": spec.profile, "seed": seed, "spec_hash": spec.hash,
+        "spec": {**spec.hashed_content(), "train": asdict(spec.train)},
+        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(), "data_source": data.source, "n_train": len(data.train_x[:spec.train_subset]),
+        "wall_seconds": time.time() - started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pretrain": str(result_dir(root, spec.pretrain, spec.profile, seed)) if spec.pretrain else None,
+    }
+    tmp = root / f".tmp-{spec.id}-{spec.profile}-seed{seed}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "spec.json").write_text(json.dumps(record, indent=2) + "\n")
+    pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    torch.save(model_record(small, spec.model, [int(a) for a in metrics["architecture"].split("-")]), tmp / "model.pt")
+    _replace_dir(tmp, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def env_summary() -> str:
+    return f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.get_num_threads()} threads"

@@ -1,0 +1,156 @@
+"""Experiment specs: load `experiments.toml`, validate every key and name, resolve a profile, hash.
+
+A resolved spec = the experiment's keys, overridden by `[profiles.<p>]`, overridden by the
+experiment's own `[experiment.<p>]` table. Unknown keys, profiles, models, data sets or methods
+are errors that list the valid choices. The hash covers everything that changes what a run
+computes (not seeds, targets or labels), so results recorded under another spec are detected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bayescomp.train import TrainConfig
+from reproduce.registry import DATASETS, METHODS, MODELS
+
+DEFAULT_TOML = Path(__file__).with_name("experiments.toml")
+RESULTS_FORMAT = 1  # bump when a change to the code invalidates every recorded result
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+RUN_KEYS = ("seeds", "train_subset", "test_subset", "val_size", "pretrain", "method_args", "cpu_epoch_seconds")
+EXPERIMENT_KEYS = ("id", "label", "table", "model", "dataset", "method", "targets", "expected") + RUN_KEYS + TRAIN_KEYS
+PROFILE_KEYS = ("description",) + RUN_KEYS + TRAIN_KEYS
+TARGET_KEYS = ("value", "tol", "tag", "source")
+
+
+class SpecError(ValueError):
+    """experiments.toml (or a name asked for on the command line) is invalid."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One experiment resolved for one profile."""
+
+    id: str
+    profile: str
+    label: str
+    table: str
+    model: str
+    dataset: str
+    method: str
+    method_args: dict[str, Any]
+    train: TrainConfig
+    seeds: tuple[int, ...]
+    train_subset: int | None = None
+    test_subset: int | None = None
+    val_size: int = 5000
+    pretrain: str | None = None
+    cpu_epoch_seconds: float | None = None
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    expected: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def hashed_content(self) -> dict[str, Any]:
+        """What determines the results of a run (seed aside)."""
+        return {"format": RESULTS_FORMAT, "id": self.id, "model": self.model, "dataset": self.dataset,
+                "method": self.method, "method_args": self.method_args, "train": dataclasses.asdict(self.train),
+                "train_subset": self.train_subset, "test_subset": self.test_subset, "val_size": self.val_size,
+                "pretrain": self.pretrain}
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.hashed_content(), sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """All experiments of a TOML file."""
+
+    experiments: dict[str, dict[str, Any]]
+    profiles: dict[str, dict[str, Any]]
+    published: list[dict[str, Any]]
+
+    def ids(self, table: str | None = None) -> list[str]:
+        return [i for i, e in self.experiments.items() if table is None or e.get("table") == table]
+
+    def resolve(self, exp_id: str, profile: str) -> RunSpec:
+        if exp_id not in self.experiments:
+            raise SpecError(f"unknown experiment {exp_id!r}; valid: {', '.join(self.experiments)}")
+        if profile not in self.profiles:
+            raise SpecError(f"unknown profile {profile!r}; valid: {', '.join(self.profiles)}")
+        exp = self.experiments[exp_id]
+        merged = {k: v for k, v in exp.items() if k not in self.profiles}
+        merged.update({k: v for k, v in self.profiles[profile].items() if k != "description"})
+        merged.update(exp.get(profile, {}))
+        train = {k: merged.pop(k) for k in TRAIN_KEYS if k in merged}
+        if "lr_milestones" in train:
+            train["lr_milestones"] = tuple(train["lr_milestones"])
+        try:
+            cfg = TrainConfig(**train)
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"experiment {exp_id!r}, profile {profile!r}: {e}") from e
+        expected = merged.pop("expected", {}).get(profile, {})
+        return RunSpec(id=exp_id, profile=profile, label=merged.pop("label", exp["method"]),
+                       table=merged.pop("table", ""), model=merged.pop("model"), dataset=merged.pop("dataset"),
+                       method=merged.pop("method"), method_args=dict(merged.pop("method_args", {})), train=cfg,
+                       seeds=tuple(merged.pop("seeds", (0,))), expected=expected,
+                       targets=merged.pop("targets", {}), **{k: merged[k] for k in merged if k in RUN_KEYS})
+
+
+def load_suite(path: Path = DEFAULT_TOML) -> Suite:
+    """Parse and validate the experiments file."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SpecError(f"cannot read {path}: {e}") from e
+    _check_keys(raw, ("profiles", "experiment", "published"), str(path))
+    profiles = raw.get("profiles", {})
+    for name, prof in profiles.items():
+        _check_keys(prof, PROFILE_KEYS, f"[profiles.{name}]")
+    experiments: dict[str, dict[str, Any]] = {}
+    for exp in raw.get("experiment", []):
+        where = f"experiment {exp.get('id', '?')!r}"
+        _check_keys(exp, EXPERIMENT_KEYS + tuple(profiles), where)
+        for key in ("id", "model", "dataset", "method"):
+            if key not in exp:
+                raise SpecError(f"{where}: missing required key {key!r}")
+        if exp["id"] in experiments:
+            raise SpecError(f"{where}: duplicate id")
+        if exp["id"] != f"{exp['model']}.{exp['method']}":
+            raise SpecError(f"{where}: id must be '<model>.<method>' = {exp['model']}.{exp['method']!r}")
+        for key, reg in (("model", MODELS), ("dataset", DATASETS), ("method", METHODS)):
+            if exp[key] not in reg:
+                raise SpecError(f"{where}: unknown {key} {exp[key]!r}; valid: {', '.join(reg)}")
+        for p in profiles:
+            _check_keys(exp.get(p, {}), RUN_KEYS + TRAIN_KEYS, f"{where}, [{p}]")
+        for metric, target in exp.get("targets", {}).items():
+            _check_keys(target, TARGET_KEYS, f"{where}, target {metric!r}")
+        for p, exp_vals in exp.get("expected", {}).items():
+            if p not in profiles:
+                raise SpecError(f"{where}: expected values for unknown profile {p!r}; valid: {', '.join(profiles)}")
+            for metric, target in exp_vals.items():
+                _check_keys(target, TARGET_KEYS, f"{where}, expected.{p}.{metric}")
+        experiments[exp["id"]] = exp
+    suite = Suite(experiments, profiles, raw.get("published", []))
+    for exp_id in experiments:  # resolving checks TrainConfig values and method_args
+        for p in profiles:
+            spec = suite.resolve(exp_id, p)
+            try:
+                METHODS[spec.method](**spec.method_args)
+            except TypeError as e:
+                fields = [f.name for f in dataclasses.fields(METHODS[spec.method])]
+                raise SpecError(f"experiment {exp_id!r}: bad method_args for {spec.method!r} ({e}); "
+                                f"valid keys: {', '.join(fields) or '(none)'}") from e
+            if spec.pretrain is not None and spec.pretrain not in experiments:
+                raise SpecError(f"experiment {exp_id!r}: pretrain {spec.pretrain!r} is not an experiment id")
+    return suite
+
+
+def _check_keys(table: dict[str, Any], valid: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}")
