@@ -11,10 +11,13 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from bayescomp.data import ImageData
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,8 @@ class Method(ABC):
         """Called after every epoch, 0-based (e.g. pruning schedules)."""
 
     @abstractmethod
-    def compress(self, model: nn.Module) -> Compressed:
-        """Trained model -> final weights, bits and codebooks."""
+    def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
+        """Trained model -> final weights, bits and codebooks. `data` offers the validation split."""
 
 
 @dataclass
@@ -88,7 +91,7 @@ class Dense(Method):
 
     name: ClassVar[str] = "dense"
 
-    def compress(self, model: nn.Module) -> Compressed:
+    def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
         from bayescomp.models import prunable_layers
 
         final = copy.deepcopy(model).eval()

@@ -123,3 +123,53 @@ def _remap(kept_in: Tensor, channels: Tensor | None, n_in_small: int) -> Tensor:
     new_rank = torch.full((int(channels.max()) + 1,), -1, dtype=torch.long)
     new_rank[channels] = torch.arange(len(channels))
     return new_rank[kept_in // per] * per + kept_in % per
+
+
+def cascade_masks(layers: list[tuple[str, nn.Module]], pruned: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Weight masks from pruned groups, cascaded across the chain of layers.
+
+    pruned: name -> bool per group (Linear: input unit; Conv2d: output filter) to remove.
+    A removed Linear input j zeroes column j and, when the previous layer is Linear, its row j;
+    a removed conv filter f zeroes row f and the next layer's inputs from f (a conv's input
+    channel, or the H*W columns a flattened channel feeds). The last layer's outputs stay.
+    """
+    masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in layers}
+    for i, (n, m) in enumerate(layers):
+        drop = pruned.get(n)
+        if drop is None or not drop.any():
+            continue
+        w = masks[n]
+        if w.dim() == 2:  # Linear: groups are inputs
+            w[:, drop] = False
+            if i > 0 and masks[layers[i - 1][0]].dim() == 2:
+                masks[layers[i - 1][0]][drop] = False
+        elif i < len(layers) - 1:  # Conv2d: groups are output filters (never the network's outputs)
+            w[drop] = False
+            nxt = masks[layers[i + 1][0]]
+            nxt.view(nxt.shape[0], w.shape[0], -1)[:, drop] = False
+    for st in structure({n: masks[n].float() for n, _ in layers}):  # units no one reads any more go too
+        keep = torch.zeros_like(masks[st.name])
+        keep[st.kept_out[:, None], st.kept_in[None, :]] = True
+        masks[st.name] &= keep
+    return masks
+
+
+@torch.no_grad()
+def densify(model: nn.Module, weights: dict[str, Tensor], biases: dict[str, Tensor]) -> nn.Module:
+    """A copy of `model` with every prunable layer replaced by nn.Linear / nn.Conv2d holding the given
+    weights and biases; every other module (normalisation, batch norm) is copied as it is."""
+    import copy
+
+    dense = copy.deepcopy(model)
+    for name, layer in prunable_layers(model):
+        w = weights[name]
+        if w.dim() == 4:
+            new: nn.Module = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=layer.stride,
+                                       padding=layer.padding, dilation=layer.dilation)
+        else:
+            new = nn.Linear(w.shape[1], w.shape[0])
+        new.weight.copy_(w)
+        new.bias.copy_(biases[name])
+        parent_name, _, child = name.rpartition(".")
+        setattr(dense.get_submodule(parent_name) if parent_name else dense, child, new.to(w.device))
+    return dense.eval()

@@ -28,7 +28,7 @@ from bayescomp.train import fit
 from reproduce.registry import METHODS, MODELS
 from reproduce.spec import RunSpec, Suite
 
-RESULT_FILES = ("spec.json", "history.csv", "metrics.json", "model.pt")
+RESULT_FILES = ("spec.json", "history.csv", "metrics.json", "model.pt")  # + details.json: method diagnostics
 
 
 def result_dir(root: Path, exp_id: str, profile: str, seed: int) -> Path:
@@ -82,7 +82,7 @@ def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str =
         method.init_from_pretrained(model, load_model(pre_dir / "model.pt"))  # type: ignore[attr-defined]
     history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / "checkpoint.pt",
                   progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset)
-    compressed = method.compress(model)
+    compressed = method.compress(model, data)
     metrics, small = summarize(compressed, data, spec.model, dev, test_subset=spec.test_subset)
     record = {
         "id": spec.id, "profile": spec.profile, "seed": seed, "spec_hash": spec.hash,
@@ -100,6 +100,7 @@ def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str =
     (tmp / "spec.json").write_text(json.dumps(record, indent=2) + "\n")
     pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (tmp / "details.json").write_text(json.dumps(compressed.info) + "\n")
     torch.save(model_record(small, spec.model, [int(a) for a in metrics["architecture"].split("-")]), tmp / "model.pt")
     _replace_dir(tmp, out)
     shutil.rmtree(work, ignore_errors=True)

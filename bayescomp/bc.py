@@ -1,0 +1,171 @@
+"""The paper's two methods, BC-GNJ and BC-GHS, as `Method`s; and their shared variational base.
+
+compress(): (1) per-layer pruning thresholds on the group statistic (GNJ: log α; GHS: −log of the
+posterior mode of z), either given (`threshold_rule = "fixed"`) or chosen on the validation split
+(`"validation"`: for each layer in turn, the most groups removed such that the validation error of
+the posterior-mean model stays within `val_margin_pct` · (l+1)/L of the unpruned one, so the margin
+is spent evenly over the L layers); (2) masks cascaded across layers (bayescomp.prune); (3) bits per
+layer from the posterior variance and weights rounded to them (bayescomp.precision).
+Not here: the layers (bayescomp.layers), measuring (bayescomp.metrics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from bayescomp.data import ImageData
+from bayescomp.layers import Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ, _GroupBayesLayer
+from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method
+from bayescomp.models import prunable_layers
+from bayescomp.precision import layer_bits, round_to_precision
+from bayescomp.prune import cascade_masks, densify
+from bayescomp.train import evaluate
+
+THRESHOLD_RULES = ("validation", "fixed")
+
+
+def bayes_layers(model: nn.Module) -> list[tuple[str, _GroupBayesLayer]]:
+    return [(n, m) for n, m in prunable_layers(model) if isinstance(m, _GroupBayesLayer)]
+
+
+@dataclass
+class VariationalMethod(Method):
+    """Base of methods whose layers carry a KL term and a per-group pruning statistic.
+
+    clip_var: clamp of the weight variances of the first Linear layer (official LeNet-300 code: 0.04).
+    threshold_rule: "validation" (default) or "fixed" (then `thresholds`, one per prunable layer:
+        a group is removed when its statistic is >= the threshold).
+    val_margin_pct: validation-error margin the pruning may spend, in percentage points.
+    quantize: assign bits from the posterior variance and round the weights to them.
+    """
+
+    clip_var: float | None = 0.04
+    threshold_rule: str = "validation"
+    thresholds: list[float] = field(default_factory=list)
+    val_margin_pct: float = 0.1
+    quantize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold_rule {self.threshold_rule!r} unknown; valid: {list(THRESHOLD_RULES)}")
+
+    def penalty(self, model: nn.Module) -> Tensor:
+        return torch.stack([m.kl() for _, m in bayes_layers(model)]).sum()
+
+    def on_step_end(self, model: nn.Module) -> None:
+        if self.clip_var is None:
+            return
+        first = next(m for _, m in bayes_layers(model) if not m.is_conv)
+        first.clip_var = self.clip_var
+        first.clip_variances()
+
+    @torch.no_grad()
+    def init_from_pretrained(self, model: nn.Module, dense: nn.Module) -> None:
+        """Posterior means from a trained dense model of the same architecture; other state (batch norm) copied."""
+        dense_mods = dict(dense.named_modules())
+        for name, layer in bayes_layers(model):
+            layer.init_from(dense_mods[name])
+        prunable = {n for n, _ in prunable_layers(model)}
+        own = model.state_dict()
+        rest = {k: v for k, v in dense.state_dict().items()
+                if k.rpartition(".")[0] not in prunable and k in own and own[k].shape == v.shape}
+        model.load_state_dict(rest, strict=False)
+
+    def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
+        model = model.eval()
+        layers = bayes_layers(model)
+        stats = {n: m.prune_statistic().detach().cpu() for n, m in layers}
+        means = {n: m.weight.detach().cpu() for n, m in layers}
+        biases = {n: m.bias.detach().cpu() for n, m in layers}
+        variances = {n: m.weight_var().detach().cpu() for n, m in layers}
+        cpu_model = model.cpu()
+        info: dict[str, Any] = {}
+        if self.threshold_rule == "fixed":
+            if len(self.thresholds) != len(layers):
+                raise ValueError(f"threshold_rule 'fixed' needs {len(layers)} thresholds (one per layer), "
+                                 f"got {len(self.thresholds)}")
+            thresholds = dict(zip(stats, self.thresholds))
+        else:
+            if data is None:
+                raise ValueError("threshold_rule 'validation' needs the data (validation split)")
+            thresholds, info = _validation_thresholds(cpu_model, layers, stats, means, biases, data,
+                                                      self.val_margin_pct)
+        pruned = {n: stats[n] >= thresholds[n] for n in stats}
+        masks = cascade_masks(list(prunable_layers(cpu_model)), pruned)
+        out_layers: dict[str, CompressedLayer] = {}
+        weights, bias_out = {}, {}
+        for n, _ in layers:
+            w = means[n] * masks[n]
+            bits = 32
+            if self.quantize and masks[n].any():
+                kept = masks[n]
+                bits, _, sig = layer_bits(means[n][kept], variances[n][kept])
+                w = round_to_precision(w, sig) * masks[n]
+            weights[n] = w + 0.0  # no −0.0 from rounding: a pruned weight is +0.0
+            row_alive = masks[n].flatten(1).any(1)
+            bias_out[n] = biases[n] * row_alive
+            out_layers[n] = CompressedLayer(w, bits)
+        info.update({"thresholds": [float(thresholds[n]) for n in stats],
+                     "statistic": {n: s.tolist() for n, s in stats.items()}})
+        return Compressed(densify(cpu_model, weights, bias_out), out_layers, info)
+
+
+def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayesLayer]], stats: dict[str, Tensor],
+                           means: dict[str, Tensor], biases: dict[str, Tensor], data: ImageData,
+                           margin: float) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per layer in turn, the threshold removing the most groups within a cumulative share of the margin."""
+    all_layers = list(prunable_layers(model))
+
+    def val_error(thr: dict[str, float]) -> float:
+        pruned = {n: stats[n] >= t for n, t in thr.items()}
+        masks = cascade_masks(all_layers, pruned)
+        dense = densify(model, {n: means[n] * masks[n] for n in means},
+                        {n: biases[n] * masks[n].flatten(1).any(1) for n in biases})
+        return evaluate(dense, data.val_x, data.val_y)
+
+    thr = {n: float("inf") for n in stats}
+    base = val_error(thr)
+    for i, (n, _) in enumerate(layers):
+        budget = base + margin * (i + 1) / len(layers)
+        s = stats[n].sort(descending=True).values  # pruning k groups <=> threshold s[k-1]
+        lo, hi = 0, len(s) - 1  # keep at least one group
+        while lo < hi:  # the largest k within budget (error grows with k, up to noise)
+            k = (lo + hi + 1) // 2
+            if val_error({**thr, n: float(s[k - 1])}) <= budget:
+                lo = k
+            else:
+                hi = k - 1
+        thr[n] = float(s[lo - 1]) if lo > 0 else float("inf")
+    return thr, {"val_error_unpruned_pct": base, "val_error_pruned_pct": val_error(thr)}
+
+
+@dataclass
+class BCGroupNJ(VariationalMethod):
+    """BC with the group normal-Jeffreys prior [LUW17] Sec. 3.1."""
+
+    name: ClassVar[str] = "bc_gnj"
+    init_logvar: float = -9.0
+
+    def layers(self) -> LayerSet:
+        lv = self.init_logvar
+        return LayerSet(lambda i, o, **kw: LinearGroupNJ(i, o, init_logvar=lv, **kw),
+                        lambda i, o, k, **kw: Conv2dGroupNJ(i, o, k, init_logvar=lv, **kw))
+
+
+@dataclass
+class BCGroupHS(VariationalMethod):
+    """BC with the group horseshoe prior [LUW17] Sec. 3.2; tau0 = 1e-5 (HORSESHOE.md §4),
+    kl_form = "exact" (Gamma(½, scale τ0²)) or "appendix" (the reimplementations' eq. 34)."""
+
+    name: ClassVar[str] = "bc_ghs"
+    tau0: float = 1e-5
+    kl_form: str = "exact"
+    init_logvar: float = -9.0
+
+    def layers(self) -> LayerSet:
+        t, f, lv = self.tau0, self.kl_form, self.init_logvar
+        return LayerSet(lambda i, o, **kw: LinearGroupHS(i, o, tau0=t, kl_form=f, init_logvar=lv, **kw),
+                        lambda i, o, k, **kw: Conv2dGroupHS(i, o, k, tau0=t, kl_form=f, init_logvar=lv, **kw))

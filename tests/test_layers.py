@@ -1,0 +1,121 @@
+"""Bayesian layers: the stochastic forward has the analytic moments; eval mode is the posterior mean."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bayescomp.layers import Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ
+
+N = 40_000  # samples for moment checks
+
+
+def _perturb(layer):
+    """Posterior far from its initialisation, so every term of the moments matters."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name.endswith("logvar"):
+                p.copy_(torch.empty_like(p).uniform_(-3, -1, generator=g))
+            elif name in ("z_mu",):
+                p.copy_(torch.empty_like(p).uniform_(0.5, 1.5, generator=g))
+            elif name in ("weight_mu", "bias_mu"):
+                p.copy_(torch.empty_like(p).normal_(0, 0.5, generator=g))
+    return layer
+
+
+def test_linear_nj_output_moments_match_the_analytic_ones():
+    layer = _perturb(LinearGroupNJ(6, 3)).train()
+    x = torch.randn(1, 6)
+    out = layer(x.expand(N, 6))
+    mean = F.linear(x, layer.weight, layer.bias)
+    var = F.linear(x * x, layer.weight_var()) + layer.bias_logvar.exp()
+    torch.testing.assert_close(out.mean(0, keepdim=True), mean, atol=4 * (var / N).sqrt().max().item(), rtol=0)
+    torch.testing.assert_close(out.var(0, keepdim=True), var, rtol=0.05, atol=0)
+
+
+def test_conv_nj_output_moments_match_the_analytic_ones():
+    layer = _perturb(Conv2dGroupNJ(2, 3, 3, padding=1)).train()
+    x = torch.randn(1, 2, 4, 4)
+    with torch.no_grad():
+        out = torch.cat([layer(x.expand(2000, 2, 4, 4)) for _ in range(N // 2000)])
+    mean = F.conv2d(x, layer.weight, layer.bias, padding=1)
+    # z scales a whole filter: Var = Var(z) (conv(x, M) + b)² + E[z²] (conv(x², Σ) + σ_b²)
+    a = F.conv2d(x, layer.weight_mu, layer.bias_mu, padding=1)
+    s2 = F.conv2d(x * x, layer.weight_logvar.exp(), layer.bias_logvar.exp(), padding=1)
+    ez, vz = layer.z_mean()[None, :, None, None], layer.z_var()[None, :, None, None]
+    var = vz * a * a + (vz + ez * ez) * s2
+    torch.testing.assert_close(out.mean(0, keepdim=True), mean.detach(), atol=4 * (var / N).sqrt().max().item(), rtol=0)
+    torch.testing.assert_close(out.var(0, keepdim=True), var.detach(), rtol=0.06, atol=1e-6)
+
+
+def test_horseshoe_scale_samples_have_the_lognormal_moments():
+    layer = LinearGroupHS(5, 2, tau0=1e-3)
+    with torch.no_grad():
+        layer.alpha_logvar.fill_(-1.0)
+        layer.beta_logvar.fill_(-2.0)
+        layer.sa_logvar.fill_(-1.5)
+        layer.alpha_mu.copy_(torch.linspace(-1, 1, 5))
+    z = layer.sample_z(200_000)
+    torch.testing.assert_close(z.mean(0), layer.z_mean().detach(), rtol=0.02, atol=0)
+    torch.testing.assert_close(z.var(0), layer.z_var().detach(), rtol=0.06, atol=0)
+    m, v = layer.log_z_params()
+    torch.testing.assert_close(layer.log_mode(), m - v)
+
+
+@pytest.mark.parametrize("cls", [LinearGroupNJ, LinearGroupHS])
+def test_eval_mode_is_deterministic_posterior_mean(cls):
+    layer = _perturb(cls(4, 3)).eval()
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(layer(x), layer(x))
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("lin_cls, conv_cls", [(LinearGroupNJ, Conv2dGroupNJ), (LinearGroupHS, Conv2dGroupHS)])
+def test_conv_with_1x1_spatial_size_agrees_with_linear(lin_cls, conv_cls):
+    lin, conv = lin_cls(5, 3), conv_cls(5, 3, 1)
+    with torch.no_grad():  # same weights, scales ~1 with (almost) no noise: the two groupings coincide
+        conv.weight_mu.copy_(lin.weight_mu[:, :, None, None])
+        conv.bias_mu.copy_(lin.bias_mu)
+        for layer in (lin, conv):
+            for name, p in layer.named_parameters():
+                if name.endswith("logvar") and not name.startswith(("weight", "bias")):
+                    p.fill_(-30.0)
+        conv.weight_logvar.copy_(lin.weight_logvar[:, :, None, None])
+        conv.bias_logvar.copy_(lin.bias_logvar)
+        if hasattr(lin, "z_mu"):
+            lin.z_mu.fill_(1.0)
+            conv.z_mu.fill_(1.0)
+        else:
+            for layer in (lin, conv):
+                layer.alpha_mu.zero_()
+                layer.beta_mu.zero_()
+    x = torch.randn(8, 5)
+    lin.eval(), conv.eval()
+    torch.testing.assert_close(conv(x[:, :, None, None]).flatten(1), lin(x))
+    lin.train(), conv.train()
+    big = x[:1].expand(N, 5)
+    a, b = lin(big), conv(big[:, :, None, None]).flatten(1)
+    torch.testing.assert_close(a.mean(0), b.mean(0), atol=0.02, rtol=0)
+    torch.testing.assert_close(a.var(0), b.var(0), rtol=0.06, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [Conv2dGroupNJ, Conv2dGroupHS])
+@pytest.mark.parametrize("kw", [dict(stride=2), dict(padding=2), dict(dilation=2), dict(stride=2, padding=1, dilation=2)])
+def test_conv_respects_stride_padding_dilation_in_both_modes(cls, kw):
+    layer = _perturb(cls(2, 4, 3, **kw))
+    ref = torch.nn.Conv2d(2, 4, 3, **kw)
+    x = torch.randn(3, 2, 11, 11)
+    layer.eval()
+    torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, layer.bias, **kw))
+    assert layer(x).shape == ref(x).shape
+    layer.train()
+    assert layer(x).shape == ref(x).shape
+
+
+@pytest.mark.parametrize("cls", [LinearGroupNJ, LinearGroupHS])
+def test_kl_is_finite_and_differentiable(cls):
+    layer = cls(4, 3)
+    kl = layer.kl()
+    kl.backward()
+    assert torch.isfinite(kl) and all(p.grad is not None for p in layer.parameters())
