@@ -1,15 +1,23 @@
-"""Command line: python -m reproduce {list, run, table1}. Verbs and switches only; values live in experiments.toml."""
+"""Command line: python -m reproduce {list, run, table1, figures, bench-train}.
+
+Verbs and switches only; hyperparameters and expected values live in experiments.toml.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from bayescomp.data import DataError
+import pandas as pd
+import torch
+
+from bayescomp.data import DataError, load_dataset
 from bayescomp.train import TrainingDiverged
+from reproduce.bench import train_cost
+from reproduce.figures import all_figures
 from reproduce.run import run_one, status
 from reproduce.spec import DEFAULT_TOML, SpecError, load_suite
-from reproduce.tables import render_table1
+from reproduce.tables import embed, render_table1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-progress", action="store_true")
     p_t1 = sub.add_parser("table1", parents=[common], help="render figures/table1.md from recorded results")
     p_t1.add_argument("--profile", default="paper")
+    p_fig = sub.add_parser("figures", parents=[common], help="plots from recorded results (never trains)")
+    p_fig.add_argument("--profile", default="paper")
+    p_bt = sub.add_parser("bench-train", parents=[common], help="epoch time of methods vs dense, side by side")
+    p_bt.add_argument("--model", default="lenet300")
+    p_bt.add_argument("--methods", default="dense,bc_gnj,bc_ghs", help="comma-separated; the first is the reference")
+    p_bt.add_argument("--repeats", type=int, default=3)
+    p_bt.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p_bt.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
     try:
         suite = load_suite(args.spec)
@@ -52,7 +68,20 @@ def main(argv: list[str] | None = None) -> int:
                       f"|w≠0|/|w| {m['nonzero_pct']:.2f} %, architecture {m['architecture']}, "
                       f"CR fast {m['cr_fast']:.1f}")
         elif args.verb == "table1":
-            print(render_table1(suite, args.profile, args.results_dir, args.figures_dir), end="")
+            table = render_table1(suite, args.profile, args.results_dir, args.figures_dir)
+            print(table, end="")
+            if args.profile == "paper" and embed(Path("REPRODUCING.md"), table):
+                print("(updated the table in REPRODUCING.md)", file=sys.stderr)
+        elif args.verb == "figures":
+            for path in all_figures(suite, args.profile, args.results_dir, args.figures_dir):
+                print(path)
+        elif args.verb == "bench-train":
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            spec = suite.resolve(f"{args.model}.dense", "paper")  # its data set
+            rows = train_cost(load_dataset(spec.dataset, args.data_dir), args.model, args.methods.split(","),
+                              args.repeats)
+            print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     except (SpecError, DataError, TrainingDiverged, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -108,3 +108,32 @@ def test_kill_9_mid_run_then_restart_resumes(tmp_path, data_dir):
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     hist = (results / "lenet300.dense" / "quick" / "seed0" / "history.csv").read_text().splitlines()
     assert len(hist) == 7 and not ckpt.exists()
+
+
+def test_bc_run_with_pretraining_then_table_and_figures(tmp_path, data_dir):
+    spec_file = tmp_path / "e.toml"
+    spec_file.write_text(TINY + '''
+[[experiment]]
+id = "lenet300.bc_ghs"
+label = "BC-GHS"
+table = "table1"
+model = "lenet300"
+dataset = "mnist"
+method = "bc_ghs"
+pretrain = "lenet300.dense"
+epochs = 1
+batch_size = 64
+''')
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    common = ["--spec", str(spec_file), "--results-dir", str(results), "--figures-dir", str(figures)]
+    assert main(["run", "lenet300.bc_ghs", "--profile", "quick", "--data-dir", str(data_dir), "--no-progress",
+                 *common]) == 0
+    assert (results / "lenet300.dense" / "quick" / "seed0" / "model.pt").exists()  # the pretraining ran first
+    spec = json.loads((results / "lenet300.bc_ghs" / "quick" / "seed0" / "spec.json").read_text())
+    assert spec["pretrain"].endswith("lenet300.dense/quick/seed0")
+    assert main(["table1", "--profile", "quick", *common]) == 0
+    table = (figures / "table1_quick.md").read_text()
+    assert "BC-GHS" in table and "not run" not in table
+    assert main(["figures", "--profile", "quick", *common]) == 0
+    for name in ("stat_hist_lenet300_bc_ghs_quick", "bc_bits_units_quick", "learning_curves_quick"):
+        assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").exists()

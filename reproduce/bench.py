@@ -1,0 +1,33 @@
+"""Speed measurements. train_cost: seconds per training epoch of each method relative to the dense
+model, same loop, batch size and data, measured side by side in one process (epochs interleaved,
+median of the repetitions), so that the ratio is robust to other load on the machine.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import torch
+
+from bayescomp.data import ImageData
+from bayescomp.train import TrainConfig, fit
+from reproduce.registry import METHODS, MODELS
+
+
+def train_cost(data: ImageData, model_name: str, methods: list[str], repeats: int = 3, batch_size: int = 128,
+               train_subset: int | None = None) -> list[dict[str, Any]]:
+    """One row per method: median epoch seconds and the ratio to the first method (put 'dense' first)."""
+    cfg = TrainConfig(epochs=1, batch_size=batch_size)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for rep in range(repeats + 1):  # the first round warms up and is discarded
+        for name in methods:
+            torch.manual_seed(rep)
+            method = METHODS[name]()
+            model = MODELS[model_name](layers=method.layers(), mean=data.mean, std=data.std)
+            h = fit(model, method, data, cfg, seed=rep, progress=False, train_subset=train_subset, test_subset=1)
+            if rep:
+                times[name].append(h[0]["seconds"])
+    base = statistics.median(times[methods[0]])
+    return [{"model": model_name, "method": m, "epoch_seconds": statistics.median(t),
+             "ratio_to_" + methods[0]: statistics.median(t) / base, "threads": torch.get_num_threads(),
+             "batch_size": batch_size} for m, t in times.items()]
