@@ -7,6 +7,8 @@ results/.work/<id>/<profile>/seed<k>/ and is dropped when the spec hash changes.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -65,12 +67,33 @@ def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str =
         return load_result(root, spec, seed)
     dev = resolve_device(device)
     work = root / ".work" / spec.id / spec.profile / f"seed{seed}"
-    if (work / "spec_hash").exists() and (work / "spec_hash").read_text() != spec.hash:
-        shutil.rmtree(work)  # checkpoint of another spec: start over
     work.mkdir(parents=True, exist_ok=True)
-    (work / "spec_hash").write_text(spec.hash)
+    with _exclusive(root / ".work" / f"{spec.id}-{spec.profile}-seed{seed}.lock"):
+        if not force and status(root, spec, seed) == "current":  # finished by the process we waited for
+            return load_result(root, spec, seed)
+        if (work / "spec_hash").exists() and (work / "spec_hash").read_text() != spec.hash:
+            shutil.rmtree(work)  # checkpoint of another spec: start over
+            work.mkdir(parents=True)
+        (work / "spec_hash").write_text(spec.hash)
+        return _run_locked(suite, spec, seed, root, dev, work, out, device, data_dir, progress)
 
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """One process per (experiment, profile, seed); the OS releases the lock when a process dies."""
+    with open(lock, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another process is running {lock.stem}; waiting for it", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.device, work: Path, out: Path,
+                device: str, data_dir: str | None, progress: bool) -> dict[str, Any]:
     started = time.time()
+    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
     data = load_dataset(spec.dataset, data_dir, val_size=spec.val_size)
     torch.manual_seed(seed)
     method = METHODS[spec.method](**spec.method_args)
@@ -87,7 +110,7 @@ def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str =
     record = {
         "id": spec.id, "profile": spec.profile, "seed": seed, "spec_hash": spec.hash,
         "spec": {**spec.hashed_content(), "train": asdict(spec.train)},
-        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": commit, "git_dirty": dirty,  # of the code this run started with
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "data_source": data.source, "n_train": len(data.train_x[:spec.train_subset]),
