@@ -13,7 +13,7 @@ import torch
 
 from bayescomp.data import DataError, load_dataset
 from bayescomp.train import TrainingDiverged
-from reproduce.bench import train_cost
+from reproduce.bench import step_breakdown, train_cost
 from reproduce.figures import all_figures
 from reproduce.run import run_one, status
 from reproduce.spec import DEFAULT_TOML, SpecError, load_suite
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = train_cost(load_dataset(spec.dataset, args.data_dir), args.model, args.methods.split(","),
                               args.repeats)
             print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+            shape = (3, 32, 32) if spec.dataset == "cifar10" else (1, 28, 28)
+            steps = step_breakdown(args.model, args.methods.split(","), input_shape=shape)
+            print("\nper training step, by phase (random batch of 128):")
+            print(pd.DataFrame(steps).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     except (SpecError, DataError, TrainingDiverged, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

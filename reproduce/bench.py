@@ -31,3 +31,42 @@ def train_cost(data: ImageData, model_name: str, methods: list[str], repeats: in
     return [{"model": model_name, "method": m, "epoch_seconds": statistics.median(t),
              "ratio_to_" + methods[0]: statistics.median(t) / base, "threads": torch.get_num_threads(),
              "batch_size": batch_size} for m, t in times.items()]
+
+
+def step_breakdown(model_name: str, methods: list[str], batch_size: int = 128, input_shape: tuple[int, ...] = (1, 28, 28),
+                   repeats: int = 100) -> list[dict[str, Any]]:
+    """Milliseconds per training step, by phase, on random data: where a method's extra cost goes."""
+    import time
+
+    import torch.nn.functional as F
+
+    def clock(fn) -> float:
+        for _ in range(10):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats * 1000
+
+    rows = []
+    for name in methods:
+        torch.manual_seed(0)
+        method = METHODS[name]()
+        model = MODELS[model_name](layers=method.layers()).train()
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        x, y = torch.rand(batch_size, *input_shape), torch.randint(0, 10, (batch_size,))
+
+        def forward_backward() -> None:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+
+        def penalty() -> None:
+            p = method.penalty(model)
+            if p.requires_grad:
+                p.backward()
+
+        forward_backward()
+        rows.append({"method": name, "forward_ms": clock(lambda: F.cross_entropy(model(x), y)),
+                     "forward_backward_ms": clock(forward_backward), "penalty_fwd_bwd_ms": clock(penalty),
+                     "optimizer_ms": clock(opt.step), "step_end_ms": clock(lambda: method.on_step_end(model))})
+    return rows
