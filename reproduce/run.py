@@ -24,13 +24,15 @@ import pandas as pd
 import torch
 
 from bayescomp.data import load_dataset
+from bayescomp.method import DENSE
 from bayescomp.metrics import summarize
 from bayescomp.models import load_model, model_record
 from bayescomp.train import fit
 from reproduce.registry import METHODS, MODELS
 from reproduce.spec import RunSpec, Suite
 
-RESULT_FILES = ("spec.json", "history.csv", "metrics.json", "model.pt")  # + details.json: method diagnostics
+RESULT_FILES = ("spec.json", "history.csv", "metrics.json", "model.pt")  # + details.json, posterior.pt
+POSTERIOR_MAX_BYTES = 5_000_000  # larger posteriors (VGG) are not kept: the repository stays light
 
 
 def result_dir(root: Path, exp_id: str, profile: str, seed: int) -> Path:
@@ -125,6 +127,11 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "details.json").write_text(json.dumps(compressed.info) + "\n")
     torch.save(model_record(small, spec.model, [int(a) for a in metrics["architecture"].split("-")]), tmp / "model.pt")
+    if method.layers() is not DENSE:  # the trained posterior, for re-thresholding without retraining
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if sum(v.numel() * v.element_size() for v in state.values()) <= POSTERIOR_MAX_BYTES:
+            torch.save({"format": "bayescomp-posterior/1", "model": spec.model, "method": spec.method,
+                        "method_args": spec.method_args, "state_dict": state}, tmp / "posterior.pt")
     _replace_dir(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
     return metrics

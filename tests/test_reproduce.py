@@ -131,6 +131,8 @@ batch_size = 64
     assert (results / "lenet300.dense" / "quick" / "seed0" / "model.pt").exists()  # the pretraining ran first
     spec = json.loads((results / "lenet300.bc_ghs" / "quick" / "seed0" / "spec.json").read_text())
     assert spec["pretrain"].endswith("lenet300.dense/quick/seed0")
+    posterior = torch.load(results / "lenet300.bc_ghs" / "quick" / "seed0" / "posterior.pt", weights_only=True)
+    assert "fc1.alpha_mu" in posterior["state_dict"]  # kept for re-thresholding without retraining
     assert main(["table1", "--profile", "quick", *common]) == 0
     table = (figures / "table1_quick.md").read_text()
     assert "BC-GHS" in table and "not run" not in table
