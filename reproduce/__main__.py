@@ -1,4 +1,4 @@
-"""Command line: python -m reproduce {list, run, table1, figures, bench-train}.
+"""Command line: python -m reproduce {list, run, table1, sweep, figures, bench-train}.
 
 Verbs and switches only; hyperparameters and expected values live in experiments.toml.
 """
@@ -17,6 +17,7 @@ from reproduce.bench import step_breakdown, train_cost
 from reproduce.figures import all_figures
 from reproduce.run import run_one, status
 from reproduce.spec import DEFAULT_TOML, SpecError, load_suite
+from reproduce.sweep import sweep
 from reproduce.tables import embed, render_table1
 
 
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-progress", action="store_true")
     p_t1 = sub.add_parser("table1", parents=[common], help="render figures/table1.md from recorded results")
     p_t1.add_argument("--profile", default="paper")
+    p_sw = sub.add_parser("sweep", parents=[common], help="accuracy vs compression of a recorded Bayesian run")
+    p_sw.add_argument("id")
+    p_sw.add_argument("--profile", default="paper")
+    p_sw.add_argument("--seed", type=int, action="append")
+    p_sw.add_argument("--data-dir", default=None)
     p_fig = sub.add_parser("figures", parents=[common], help="plots from recorded results (never trains)")
     p_fig.add_argument("--profile", default="paper")
     p_bt = sub.add_parser("bench-train", parents=[common], help="epoch time of methods vs dense, side by side")
@@ -72,6 +78,16 @@ def main(argv: list[str] | None = None) -> int:
             print(table, end="")
             if args.profile == "paper" and embed(Path("REPRODUCING.md"), table):
                 print("(updated the table in REPRODUCING.md)", file=sys.stderr)
+        elif args.verb == "sweep":
+            spec = suite.resolve(args.id, args.profile)
+            data = load_dataset(spec.dataset, args.data_dir, val_size=spec.val_size)
+            for seed in args.seed or list(spec.seeds):
+                if status(args.results_dir, spec, seed) != "current":
+                    print(f"{spec.id} seed {seed}: no current results; skipped", file=sys.stderr)
+                    continue
+                frame = sweep(spec, seed, args.results_dir, data)
+                print(f"{spec.id} [{spec.profile}] seed {seed}:")
+                print(frame.drop(columns=["thresholds"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         elif args.verb == "figures":
             for path in all_figures(suite, args.profile, args.results_dir, args.figures_dir):
                 print(path)
@@ -86,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             steps = step_breakdown(args.model, args.methods.split(","), input_shape=shape)
             print("\nper training step, by phase (random batch of 128):")
             print(pd.DataFrame(steps).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    except (SpecError, DataError, TrainingDiverged, ValueError) as e:
+    except (SpecError, DataError, TrainingDiverged, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,52 @@
+"""Accuracy vs compression of a recorded Bayesian run, from its saved posterior (no retraining).
+
+For each validation margin, the method's own threshold rule picks thresholds on the validation
+split; the compressed model is measured by `metrics.summarize` like any table row. The official
+LeNet-300-100 thresholds (log α < −2.8, −3, −5 kept) are one more point for BC-GNJ on that model.
+Written to results/<id>/<profile>/seed<k>/sweep.csv.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from bayescomp.data import ImageData
+from bayescomp.metrics import summarize
+from reproduce.registry import METHODS, MODELS
+from reproduce.run import result_dir
+from reproduce.spec import RunSpec
+
+MARGINS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
+OFFICIAL_THRESHOLDS = {("lenet300", "bc_gnj"): [-2.8, -3.0, -5.0]}  # official example.py, kept if log α < t
+
+
+def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[float, ...] = MARGINS) -> pd.DataFrame:
+    """One row per threshold setting: margin (or 'official'), thresholds and the summarize() metrics."""
+    folder = result_dir(root, spec.id, spec.profile, seed)
+    post = folder / "posterior.pt"
+    if not post.exists():
+        raise FileNotFoundError(f"{post} does not exist: this run kept no posterior (only small Bayesian runs do)")
+    state = torch.load(post, weights_only=True)["state_dict"]
+    base = METHODS[spec.method](**spec.method_args)
+    model = MODELS[spec.model](layers=base.layers(), mean=data.mean, std=data.std)
+    model.load_state_dict(state)
+    settings: list[tuple[str, Any]] = [(f"{m:g}", dataclasses.replace(base, val_margin_pct=m, threshold_rule="validation"))
+                                       for m in margins]
+    if (spec.model, spec.method) in OFFICIAL_THRESHOLDS:
+        settings.append(("official", dataclasses.replace(base, threshold_rule="fixed",
+                                                         thresholds=OFFICIAL_THRESHOLDS[(spec.model, spec.method)])))
+    rows = []
+    for label, method in settings:
+        c = method.compress(model.eval(), data)
+        metrics, _ = summarize(c, data, spec.model, test_subset=spec.test_subset)
+        rows.append({"setting": label, "thresholds": c.info["thresholds"], "error_pct": metrics["error_pct"],
+                     "nonzero_pct": metrics["nonzero_pct"], "architecture": metrics["architecture"],
+                     "bits": metrics["bits"], "cr_fast": metrics["cr_fast"], "cr_max": metrics["cr_max"],
+                     "val_error_pruned_pct": c.info.get("val_error_pruned_pct")})
+    frame = pd.DataFrame(rows)
+    frame.to_csv(folder / "sweep.csv", index=False)
+    return frame
