@@ -18,7 +18,7 @@ from reproduce.figures import all_figures
 from reproduce.run import run_one, status
 from reproduce.spec import DEFAULT_TOML, SpecError, load_suite
 from reproduce.sweep import sweep
-from reproduce.tables import embed, render_table1
+from reproduce.tables import embed, render_sweeps, render_table1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "table1":
             table = render_table1(suite, args.profile, args.results_dir, args.figures_dir)
             print(table, end="")
-            if args.profile == "paper" and embed(Path("REPRODUCING.md"), table):
-                print("(updated the table in REPRODUCING.md)", file=sys.stderr)
+            sweeps = render_sweeps(suite, args.profile, args.results_dir, args.figures_dir)
+            if args.profile == "paper" and embed(Path("REPRODUCING.md"), "table1", table.split("\n", 2)[2]):
+                embed(Path("REPRODUCING.md"), "sweeps", sweeps)
+                print("(updated the generated blocks of REPRODUCING.md)", file=sys.stderr)
         elif args.verb == "sweep":
             spec = suite.resolve(args.id, args.profile)
             data = load_dataset(spec.dataset, args.data_dir, val_size=spec.val_size)
