@@ -158,14 +158,16 @@ class BCGroupNJ(VariationalMethod):
 @dataclass
 class BCGroupHS(VariationalMethod):
     """BC with the group horseshoe prior [LUW17] Sec. 3.2; tau0 = 1e-5 (HORSESHOE.md §4),
-    kl_form = "exact" (Gamma(½, scale τ0²)) or "appendix" (the reimplementations' eq. 34)."""
+    kl_form = "exact" (Gamma(½, scale τ0²)) or "appendix" (the reimplementations' eq. 34),
+    scale_init = "mean_one" (HORSESHOE.md §8.5) or "prior_optimum" (bayescomp.layers)."""
 
     name: ClassVar[str] = "bc_ghs"
     tau0: float = 1e-5
     kl_form: str = "exact"
     init_logvar: float = -9.0
+    scale_init: str = "mean_one"
 
     def layers(self) -> LayerSet:
-        t, f, lv = self.tau0, self.kl_form, self.init_logvar
-        return LayerSet(lambda i, o, **kw: LinearGroupHS(i, o, tau0=t, kl_form=f, init_logvar=lv, **kw),
-                        lambda i, o, k, **kw: Conv2dGroupHS(i, o, k, tau0=t, kl_form=f, init_logvar=lv, **kw))
+        kw0 = dict(tau0=self.tau0, kl_form=self.kl_form, init_logvar=self.init_logvar, scale_init=self.scale_init)
+        return LayerSet(lambda i, o, **kw: LinearGroupHS(i, o, **kw0, **kw),
+                        lambda i, o, k, **kw: Conv2dGroupHS(i, o, k, **kw0, **kw))

@@ -24,6 +24,7 @@ from torch.nn.modules.utils import _pair
 from bayescomp import kl
 
 EPS = 1e-8
+SCALE_INITS = ("mean_one", "prior_optimum")  # initial posterior means of the horseshoe scale factors
 
 
 class _GroupBayesLayer(nn.Module):
@@ -205,18 +206,29 @@ class _GroupHS(_GroupBayesLayer):
     tau0: float
     kl_form: str
 
-    def _init_z(self, tau0: float, kl_form: str, init_logvar: float) -> None:
+    def _init_z(self, tau0: float, kl_form: str, init_logvar: float, scale_init: str) -> None:
         if kl_form not in ("exact", "appendix"):
             raise ValueError(f"kl_form {kl_form!r} unknown; valid: 'exact', 'appendix'")
+        if scale_init not in SCALE_INITS:
+            raise ValueError(f"scale_init {scale_init!r} unknown; valid: {list(SCALE_INITS)}")
         self.tau0, self.kl_form = tau0, kl_form
         g = self.n_groups
-        # E[z] ≈ 1 at the start with small KL_sa + KL_sb: μ_sa = log τ0², μ_sb = −log τ0² (HORSESHOE.md §8.5)
-        self.sa_mu = nn.Parameter(torch.tensor(2 * math.log(tau0)))
-        self.sb_mu = nn.Parameter(torch.tensor(-2 * math.log(tau0)))
+        log_t2 = 2 * math.log(tau0)
+        if scale_init == "mean_one":
+            # μ_sa = log τ0², μ_sb = −log τ0², group factors 0: E[z] ≈ 1 (HORSESHOE.md §8.5)
+            sa, sb, a, b = log_t2, -log_t2, 0.0, 0.0
+        else:
+            # "prior_optimum": s_a, s_b and α̃ at the minimum of their own KL (μ = log(θ/2), log 2, −log 2),
+            # β̃ carries the rest so that E[z] ≈ 1. The group factors then no longer cancel each other's KL
+            # pull (α̃ down, β̃ up), and a group the data does not need drifts to zero on its own.
+            sa, sb, a = log_t2 - math.log(2), math.log(2), -math.log(2)
+            b = -(sa + sb + a)
+        self.sa_mu = nn.Parameter(torch.tensor(sa))
+        self.sb_mu = nn.Parameter(torch.tensor(sb))
         self.sa_logvar = nn.Parameter(torch.tensor(init_logvar))
         self.sb_logvar = nn.Parameter(torch.tensor(init_logvar))
-        self.alpha_mu = nn.Parameter(torch.empty(g).normal_(0, 1e-2))
-        self.beta_mu = nn.Parameter(torch.empty(g).normal_(0, 1e-2))
+        self.alpha_mu = nn.Parameter(torch.empty(g).normal_(a, 1e-2))
+        self.beta_mu = nn.Parameter(torch.empty(g).normal_(b, 1e-2))
         self.alpha_logvar = nn.Parameter(torch.empty(g).normal_(init_logvar, 1e-2))
         self.beta_logvar = nn.Parameter(torch.empty(g).normal_(init_logvar, 1e-2))
 
@@ -265,10 +277,10 @@ class LinearGroupHS(_LinearMixin, _GroupHS):
     """Linear layer with the group horseshoe prior; groups = input units."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, tau0: float = 1e-5,
-                 kl_form: str = "exact", init_logvar: float = -9.0) -> None:
+                 kl_form: str = "exact", init_logvar: float = -9.0, scale_init: str = "mean_one") -> None:
         super().__init__()
         self._setup_linear(in_features, out_features, init_logvar)
-        self._init_z(tau0, kl_form, init_logvar)
+        self._init_z(tau0, kl_form, init_logvar, scale_init)
 
 
 class Conv2dGroupHS(_ConvMixin, _GroupHS):
@@ -277,7 +289,7 @@ class Conv2dGroupHS(_ConvMixin, _GroupHS):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
                  dilation: int | tuple[int, int] = 1, bias: bool = True, tau0: float = 1e-5,
-                 kl_form: str = "exact", init_logvar: float = -9.0) -> None:
+                 kl_form: str = "exact", init_logvar: float = -9.0, scale_init: str = "mean_one") -> None:
         super().__init__()
         self._setup_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
-        self._init_z(tau0, kl_form, init_logvar)
+        self._init_z(tau0, kl_form, init_logvar, scale_init)
