@@ -119,3 +119,19 @@ def test_kl_is_finite_and_differentiable(cls):
     kl = layer.kl()
     kl.backward()
     assert torch.isfinite(kl) and all(p.grad is not None for p in layer.parameters())
+
+
+def test_prior_optimum_init_puts_the_shared_factors_at_their_kl_minimum():
+    layer = LinearGroupHS(50, 3, tau0=1e-5, scale_init="prior_optimum")
+    layer.kl_z().backward()
+    for p in (layer.sa_mu, layer.sb_mu):  # at the minimum of their own KL term
+        assert p.grad.abs().max() < 1e-3
+    # α̃ too, up to its N(0, 0.01²) init jitter δ: the gradient is ½(e^δ − 1) ≈ δ/2, below 0.02 at 4σ
+    assert layer.alpha_mu.grad.abs().max() < 0.02
+    assert layer.beta_mu.grad.min() > 0.4  # β̃ carries the scale: its KL pulls every group down
+    torch.testing.assert_close(layer.z_mean().detach(), torch.ones(50), rtol=0.05, atol=0)
+
+
+def test_unknown_scale_init_lists_valid_ones():
+    with pytest.raises(ValueError, match="valid: \\['mean_one', 'prior_optimum'\\]"):
+        LinearGroupHS(3, 2, scale_init="zeros")
