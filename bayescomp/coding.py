@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 MAGIC = b"BCW1"
+MAX_CODEBOOK = 1 << 16  # more distinct values than this are stored raw
 _MODES = {0: "codebook", 1: "raw"}
 
 
@@ -115,10 +116,11 @@ def encode_layer(w: Tensor, index_bits: int = 8) -> bytes:
     book, idx = np.unique(values, return_inverse=True)
     head = MAGIC + struct.pack("<B", w.dim()) + struct.pack(f"<{w.dim()}I", *w.shape) + struct.pack("<B", index_bits)
     body_pos = _huffman_block(sym, filler + 1)
-    cb = struct.pack("<I", len(book)) + book.astype("<f4").tobytes() + _huffman_block(idx.astype(np.int64), len(book))
     raw = values.astype("<f4").tobytes()
-    if len(cb) < len(raw) + 4:
-        return head + struct.pack("<B", 0) + body_pos + cb
+    if len(book) <= MAX_CODEBOOK and len(book) < len(values) // 2:  # else the codebook alone costs as much as raw
+        cb = struct.pack("<I", len(book)) + book.astype("<f4").tobytes() + _huffman_block(idx.astype(np.int64), len(book))
+        if len(cb) < len(raw) + 4:
+            return head + struct.pack("<B", 0) + body_pos + cb
     return head + struct.pack("<B", 1) + body_pos + struct.pack("<I", len(values)) + raw
 
 
