@@ -69,13 +69,13 @@ def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str =
         return load_result(root, spec, seed)
     dev = resolve_device(device)
     work = root / ".work" / spec.id / spec.profile / f"seed{seed}"
-    work.mkdir(parents=True, exist_ok=True)
+    work.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(root / ".work" / f"{spec.id}-{spec.profile}-seed{seed}.lock"):
         if not force and status(root, spec, seed) == "current":  # finished by the process we waited for
             return load_result(root, spec, seed)
         if (work / "spec_hash").exists() and (work / "spec_hash").read_text() != spec.hash:
             shutil.rmtree(work)  # checkpoint of another spec: start over
-            work.mkdir(parents=True)
+        work.mkdir(exist_ok=True)
         (work / "spec_hash").write_text(spec.hash)
         return _run_locked(suite, spec, seed, root, dev, work, out, device, data_dir, progress)
 
