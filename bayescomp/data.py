@@ -13,6 +13,7 @@ Not here: normalisation (the models hold it) and batching (bayescomp.train).
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -60,6 +61,22 @@ class ImageData:
     test_x: Tensor
     test_y: Tensor
     source: str
+
+    def subset(self, train: int | None = None, test: int | None = None) -> ImageData:
+        """A fixed random subset of the training and test images (original order kept); None keeps all.
+
+        Random rather than the first N: the CIFAR-10 JPEG copy is sorted by class.
+        """
+        def pick(x: Tensor, y: Tensor, k: int | None, salt: int) -> tuple[Tensor, Tensor]:
+            if k is None or k >= len(x):
+                return x, y
+            g = torch.Generator().manual_seed(VAL_SPLIT_SEED + salt)
+            idx = torch.randperm(len(x), generator=g)[:k].sort().values
+            return x[idx], y[idx]
+
+        trx, try_ = pick(self.train_x, self.train_y, train, 1)
+        tex, tey = pick(self.test_x, self.test_y, test, 2)
+        return dataclasses.replace(self, train_x=trx, train_y=try_, test_x=tex, test_y=tey)
 
     @property
     def mean(self) -> tuple[float, ...]:

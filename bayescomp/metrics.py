@@ -58,7 +58,8 @@ def summarize(compressed: Compressed, data: ImageData, model_name: str, device: 
     bits = [layer.bits for layer in compressed.layers.values()]
     struct = structure(weights)
     small, widths = export(compressed.model.cpu(), model_name)
-    x, y = data.test_x[:test_subset], data.test_y[:test_subset]
+    sub = data.subset(test=test_subset)
+    x, y = sub.test_x, sub.test_y
     buf = io.BytesIO()
     torch.save(small.state_dict(), buf)
     dense_n = sum(w.numel() for w in weights.values())

@@ -68,8 +68,9 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    train_x, train_y = data.train_x[:train_subset].to(device), data.train_y[:train_subset].to(device)
-    test_x, test_y = data.test_x[:test_subset], data.test_y[:test_subset]
+    data = data.subset(train_subset, test_subset)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    test_x, test_y = data.test_x, data.test_y
     n = len(train_x)
     steps = math.ceil(n / cfg.batch_size)
     opt = _optimizer(model, cfg)

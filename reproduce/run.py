@@ -115,7 +115,7 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
         "git_commit": commit, "git_dirty": dirty,  # of the code this run started with
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
-        "threads": torch.get_num_threads(), "data_source": data.source, "n_train": len(data.train_x[:spec.train_subset]),
+        "threads": torch.get_num_threads(), "data_source": data.source, "n_train": len(data.subset(spec.train_subset).train_x),
         "wall_seconds": time.time() - started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "pretrain": str(result_dir(root, spec.pretrain, spec.profile, seed)) if spec.pretrain else None,
     }

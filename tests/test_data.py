@@ -101,3 +101,10 @@ def test_truncated_cifar_archive_is_named(data_dir, tmp_path):
     bad.write_bytes((data_dir / "CIFAR10" / "cifar10-jpeg.tar.gz").read_bytes()[:1_000_000])
     with pytest.raises(DataError, match="cifar10-jpeg.tar.gz fails its checksum"):
         load_dataset("cifar10", tmp_path, cache_dir=tmp_path / "cache", online=False)
+
+
+def test_subsets_are_fixed_random_draws(mnist):
+    a, b = mnist.subset(1000, 300), mnist.subset(1000, 300)
+    assert len(a.train_x) == 1000 and len(a.test_x) == 300 and torch.equal(a.train_y, b.train_y)
+    assert not torch.equal(a.train_y, mnist.train_y[:1000])  # not simply the first images
+    assert mnist.subset() is not None and len(mnist.subset().train_x) == len(mnist.train_x)

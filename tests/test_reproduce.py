@@ -61,9 +61,9 @@ def test_run_records_everything_and_the_model_reloads_safely(spec_file, tmp_path
     assert spec["torch"] == torch.__version__ and len(spec["spec_hash"]) == 16 and spec["wall_seconds"] > 0
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
     # anyone can re-check the error from model.pt alone
-    data = load_dataset("mnist", data_dir)
+    data = load_dataset("mnist", data_dir).subset(test=500)  # the run's test_subset
     model = load_model(out / "model.pt")
-    assert evaluate(model, data.test_x[:500], data.test_y[:500]) == metrics["error_pct"]
+    assert evaluate(model, data.test_x, data.test_y) == metrics["error_pct"]
 
 
 def test_changed_spec_makes_results_stale_and_keeps_them_out_of_the_table(spec_file, tmp_path, data_dir, capsys):
