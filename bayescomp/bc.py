@@ -118,12 +118,15 @@ def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayes
                            margin: float) -> tuple[dict[str, float], dict[str, Any]]:
     """Per layer in turn, the threshold removing the most groups within a cumulative share of the margin."""
     all_layers = list(prunable_layers(model))
+    dense = densify(model, means, biases)  # built once; each candidate only rewrites its weights
+    dense_layers = dict(prunable_layers(dense))
 
+    @torch.no_grad()
     def val_error(thr: dict[str, float]) -> float:
-        pruned = {n: stats[n] >= t for n, t in thr.items()}
-        masks = cascade_masks(all_layers, pruned)
-        dense = densify(model, {n: means[n] * masks[n] for n in means},
-                        {n: biases[n] * masks[n].flatten(1).any(1) for n in biases})
+        masks = cascade_masks(all_layers, {n: stats[n] >= t for n, t in thr.items()})
+        for n, layer in dense_layers.items():
+            layer.weight.copy_(means[n] * masks[n])
+            layer.bias.copy_(biases[n] * masks[n].flatten(1).any(1))
         return evaluate(dense, data.val_x, data.val_y)
 
     thr = {n: float("inf") for n in stats}
