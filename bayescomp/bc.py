@@ -95,6 +95,10 @@ class VariationalMethod(Method):
                                                       self.val_margin_pct)
         pruned = {n: stats[n] >= thresholds[n] for n in stats}
         masks = cascade_masks(list(prunable_layers(cpu_model)), pruned)
+        empty = [n for n, m in masks.items() if not m.any()]
+        if empty:
+            raise ValueError(f"the thresholds remove every unit of layer(s) {', '.join(empty)}; "
+                             "lower the thresholds or use threshold_rule = 'validation'")
         out_layers: dict[str, CompressedLayer] = {}
         weights, bias_out = {}, {}
         for n, _ in layers:
@@ -124,6 +128,8 @@ def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayes
     @torch.no_grad()
     def val_error(thr: dict[str, float]) -> float:
         masks = cascade_masks(all_layers, {n: stats[n] >= t for n, t in thr.items()})
+        if not all(m.any() for m in masks.values()):
+            return float("inf")  # a layer lost every unit: the network is cut in two
         for n, layer in dense_layers.items():
             layer.weight.copy_(means[n] * masks[n])
             layer.bias.copy_(biases[n] * masks[n].flatten(1).any(1))
