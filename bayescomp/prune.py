@@ -10,6 +10,7 @@ Not here: choosing masks from a posterior (bayescomp.bc), measuring (bayescomp.m
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -158,8 +159,6 @@ def cascade_masks(layers: list[tuple[str, nn.Module]], pruned: dict[str, Tensor]
 def densify(model: nn.Module, weights: dict[str, Tensor], biases: dict[str, Tensor]) -> nn.Module:
     """A copy of `model` with every prunable layer replaced by nn.Linear / nn.Conv2d holding the given
     weights and biases; every other module (normalisation, batch norm) is copied as it is."""
-    import copy
-
     dense = copy.deepcopy(model)
     for name, layer in prunable_layers(model):
         w = weights[name]
