@@ -40,6 +40,8 @@ class VariationalMethod(Method):
         a group is removed when its statistic is >= the threshold).
     val_margin_pct: validation-error margin the pruning may spend, in percentage points.
     quantize: assign bits from the posterior variance and round the weights to them.
+    scale_lr_mult: the learning rate of the q(z) parameters is the configured lr times this; the
+        group scales start far from pruning (log α ≈ −9) and otherwise move about lr per step.
     """
 
     clip_var: float | None = 0.04
@@ -47,6 +49,7 @@ class VariationalMethod(Method):
     thresholds: list[float] = field(default_factory=list)
     val_margin_pct: float = 0.1
     quantize: bool = True
+    scale_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
         if self.threshold_rule not in THRESHOLD_RULES:
@@ -54,6 +57,12 @@ class VariationalMethod(Method):
 
     def penalty(self, model: nn.Module) -> Tensor:
         return torch.stack([m.kl() for _, m in bayes_layers(model)]).sum()
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        scales = {id(p) for _, m in bayes_layers(model) for p in m.scale_parameters()}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in scales]
+        z = [p for p in model.parameters() if p.requires_grad and id(p) in scales]
+        return [{"params": rest}, {"params": z, "lr_mult": self.scale_lr_mult}]
 
     def on_step_end(self, model: nn.Module) -> None:
         if self.clip_var is None:

@@ -58,6 +58,10 @@ class _GroupBayesLayer(nn.Module):
         """Per group; larger = more prunable (GNJ: log α; GHS: minus the log posterior mode of z)."""
         raise NotImplementedError
 
+    def scale_parameters(self) -> list[nn.Parameter]:
+        """The variational parameters of q(z) (group and layer scales)."""
+        return [p for n, p in self.named_parameters(recurse=False) if not n.startswith(("weight_", "bias_"))]
+
     # ---- shared
     def _op(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         if self.is_conv:

@@ -74,6 +74,10 @@ class Method(ABC):
         """Extra loss (e.g. a KL divergence), summed over the data set; the trainer divides by N."""
         return torch.zeros(())
 
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; a group's optional "lr_mult" scales the configured lr."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
     def on_step_end(self, model: nn.Module) -> None:
         """Called after every optimiser step (e.g. to clip variances)."""
 

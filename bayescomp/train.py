@@ -73,7 +73,7 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
     test_x, test_y = data.test_x, data.test_y
     n = len(train_x)
     steps = math.ceil(n / cfg.batch_size)
-    opt = _optimizer(model, cfg)
+    opt = _optimizer(method.param_groups(model), cfg)
     sched = _scheduler(opt, cfg)
     history: list[dict[str, Any]] = []
     start = 0
@@ -166,8 +166,9 @@ def _check_finite(losses: list[Tensor], epoch: int, last_step: int) -> None:
             "the last good checkpoint is kept and no results were written")
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [{**{k: v for k, v in g.items() if k != "lr_mult"}, "lr": cfg.lr * g.get("lr_mult", 1.0)}
+              for g in groups]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -86,3 +86,23 @@ def test_validation_rule_stays_within_its_margin(mnist):
     c = method.compress(model.eval(), small)
     assert c.info["val_error_pruned_pct"] <= c.info["val_error_unpruned_pct"] + 0.5
     assert (c.layers["fc1"].weight[:, ::2] == 0).all()  # the clearly prunable half is gone
+
+
+@pytest.mark.parametrize("method_cls", [BCGroupNJ, BCGroupHS])
+def test_scale_lr_mult_speeds_up_only_the_scale_parameters(mnist, method_cls):
+    """Adam's first step moves every parameter by about its lr: the q(z) parameters by 10x."""
+    from bayescomp.train import TrainConfig, fit
+
+    method = method_cls(scale_lr_mult=10.0)
+    model = lenet300(layers=method.layers())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, method, mnist, TrainConfig(epochs=1, batch_size=64, lr=1e-3), seed=0, progress=False,
+        train_subset=64, test_subset=10)
+    fc1 = dict(bayes_layers(model))["fc1"]
+    scale_names = {n for n, p in model.named_parameters() if any(p is q for q in fc1.scale_parameters())}
+    assert scale_names and all(".weight_" not in n and ".bias_" not in n for n in scale_names)
+    for n, p in model.named_parameters():
+        if n.startswith("fc1."):
+            step = (p.detach() - before[n]).abs().max().item()
+            expected = 1e-2 if n in scale_names else 1e-3
+            assert step == pytest.approx(expected, rel=0.05), n
