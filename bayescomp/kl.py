@@ -39,14 +39,18 @@ class _GaussianKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu: Tensor, logvar: Tensor) -> Tensor:  # type: ignore[override]
         var = logvar.exp()
-        ctx.save_for_backward(mu, var)
+        ctx.save_for_backward(mu, logvar)
+        ctx.var = var  # not a saved tensor: backward consumes it in place
         flat = mu.reshape(-1)
         return 0.5 * (var.sum() - logvar.sum() + torch.dot(flat, flat) - mu.numel())
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        mu, var = ctx.saved_tensors
-        return grad * mu, (0.5 * grad) * (var - 1.0)
+        mu, logvar = ctx.saved_tensors
+        var = ctx.var if ctx.var is not None else logvar.exp()  # a second backward (retain_graph) recomputes
+        ctx.var = None
+        # var is this function's own buffer: turned into the gradient in place (no new tensor per layer)
+        return grad * mu, var.sub_(1.0).mul_(0.5 * grad)
 
 
 def kl_lognormal_gamma(mu: Tensor, logvar: Tensor, shape: float, scale: float) -> Tensor:

@@ -96,3 +96,14 @@ def test_appendix_form_is_the_exact_kl_to_scale_tau0_shifted():
         m, lv = torch.tensor(mu, dtype=T), torch.tensor(math.log(var), dtype=T)
         diff = float(kl.kl_lognormal_gamma_appendix(m, lv, tau0) - kl.kl_lognormal_gamma(m, lv, 0.5, tau0))
         assert diff == pytest.approx(-1.5 * math.log(tau0))
+
+
+def test_gaussian_kl_gradient_is_analytic_and_survives_a_second_backward():
+    mu = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    logvar = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    out = kl.kl_gaussian_std_normal(mu, logvar)
+    for _ in range(2):  # retain_graph: the second backward gives the same gradient again
+        mu.grad = logvar.grad = None
+        (3.0 * out).backward(retain_graph=True)
+        torch.testing.assert_close(mu.grad, 3.0 * mu.detach())
+        torch.testing.assert_close(logvar.grad, 1.5 * (logvar.detach().exp() - 1))
