@@ -74,6 +74,10 @@ class Method(ABC):
         """Extra loss (e.g. a KL divergence), summed over the data set; the trainer divides by N."""
         return torch.zeros(())
 
+    def prepare(self, model: nn.Module) -> None:
+        """Called by the trainer before the optimiser is built and a checkpoint is loaded (e.g. to
+        attach pruning masks, so that a resumed model has the same parameters and buffers)."""
+
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Optimiser parameter groups; a group's optional "lr_mult" scales the configured lr."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]

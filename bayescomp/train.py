@@ -73,6 +73,7 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
     test_x, test_y = data.test_x, data.test_y
     n = len(train_x)
     steps = math.ceil(n / cfg.batch_size)
+    method.prepare(model)
     opt = _optimizer(method.param_groups(model), cfg)
     sched = _scheduler(opt, cfg)
     history: list[dict[str, Any]] = []

@@ -142,3 +142,18 @@ batch_size = 64
     assert main(["figures", "--profile", "quick", *common]) == 0
     for name in ("stat_hist_lenet300_bc_ghs_quick", "bc_bits_units_quick", "learning_curves_quick"):
         assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").exists()
+
+
+def test_readme_baseline_example_is_the_shipped_code_and_runs_as_printed(tmp_path, data_dir):
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Adding a baseline"):]
+    python_block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    toml_block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    assert python_block == (REPO / "baselines" / "random_pruning.py").read_text()
+    assert toml_block in (REPO / "reproduce" / "experiments.toml").read_text()
+    cmd = re.search(r"`(python -m reproduce run lenet300.random[^`]*)`", section).group(1).split()[1:]
+    assert main([*cmd[2:], "--results-dir", str(tmp_path), "--data-dir", str(data_dir), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "lenet300.random" / "quick" / "seed0" / "metrics.json").read_text())
+    assert 0 < metrics["nonzero_pct"] < 100

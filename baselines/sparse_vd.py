@@ -1,0 +1,142 @@
+"""Sparse variational dropout [MAV17]: one log α per weight, pruned where log α > 3.
+
+The layers reuse bayescomp's Bayesian layer base (parameters μ, log σ² per weight, Linear/Conv2d
+set-up, the operator) without group scales: w ~ N(μ, σ²) with log σ² learned directly (the additive
+reparametrisation [MAV17] Eq. 11), the local reparametrisation trick in training [KSW15], a
+deterministic bias as in the authors' code, and the KL approximation [MAV17] Eq. 14 that
+bayescomp.kl already implements for the normal-Jeffreys scales. KL warm-up (the authors' code raises
+its weight linearly over the first epochs) is the spec's `kl_warmup_epochs`.
+compress(): weights with log α ≥ `threshold` are removed; bits per layer from the posterior variance
+with the same rule as BC (bayescomp.precision), so the row has bits and CR fast like the paper's.
+
+[MAV17] Molchanov, Ashukha, Vetrov. Variational Dropout Sparsifies Deep Neural Networks. ICML 2017.
+[KSW15] Kingma, Salimans, Welling. Variational Dropout and the Local Reparameterization Trick. NIPS 2015.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from bayescomp import kl
+from bayescomp.bc import bayes_layers
+from bayescomp.data import ImageData
+from bayescomp.layers import EPS, _ConvMixin, _GroupBayesLayer, _LinearMixin
+from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method
+from bayescomp.models import prunable_layers
+from bayescomp.precision import layer_bits, round_to_precision
+from bayescomp.prune import densify
+
+LOG_ALPHA_CLAMP = 10.0  # [MAV17] code: log α clipped to [-10, 10] inside the KL
+
+
+class _SparseVD(_GroupBayesLayer):
+    """A Bayesian layer whose groups are single weights: no scale variables."""
+
+    def _drop_bias_variance(self) -> None:
+        del self.bias_logvar  # the bias is a point estimate
+
+    def log_alpha(self) -> Tensor:
+        """log α = log σ² − log μ² per weight. [MAV17] Eq. 11"""
+        return self.weight_logvar - torch.log(self.weight_mu.pow(2) + EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self._op(x, self.weight_mu, self.bias_mu)
+        mu = self._op(x, self.weight_mu, self.bias_mu)
+        var = self._op(x * x, self.weight_logvar.exp(), None)  # [KSW15] Eq. 6
+        return mu + (var + EPS).sqrt() * torch.randn_like(mu)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.weight_mu
+
+    @property
+    def bias(self) -> Tensor:
+        return self.bias_mu
+
+    def weight_var(self) -> Tensor:
+        return self.weight_logvar.exp()
+
+    def scale_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def kl(self) -> Tensor:
+        return kl.kl_normal_jeffreys(self.log_alpha().clamp(-LOG_ALPHA_CLAMP, LOG_ALPHA_CLAMP))  # [MAV17] Eq. 14
+
+    def prune_statistic(self) -> Tensor:
+        return self.log_alpha()
+
+    @torch.no_grad()
+    def init_from(self, dense: nn.Module) -> None:
+        self.weight_mu.copy_(dense.weight)
+        if dense.bias is not None:
+            self.bias_mu.copy_(dense.bias)
+
+
+class LinearSVD(_LinearMixin, _SparseVD):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init_logvar: float = -10.0) -> None:
+        super().__init__()
+        self._setup_linear(in_features, out_features, init_logvar)
+        self._drop_bias_variance()
+
+
+class Conv2dSVD(_ConvMixin, _SparseVD):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 dilation: int | tuple[int, int] = 1, bias: bool = True, init_logvar: float = -10.0) -> None:
+        super().__init__()
+        self._setup_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
+        self._drop_bias_variance()
+
+
+@dataclass
+class SparseVD(Method):
+    """threshold: log α above which a weight is removed ([MAV17]: 3). init_logvar: initial log σ².
+    quantize: bits from the posterior variance, weights rounded to them (as BC)."""
+
+    name: ClassVar[str] = "sparse_vd"
+    threshold: float = 3.0
+    init_logvar: float = -10.0
+    quantize: bool = True
+
+    def layers(self) -> LayerSet:
+        lv = self.init_logvar
+        return LayerSet(lambda i, o, **kw: LinearSVD(i, o, init_logvar=lv, **kw),
+                        lambda i, o, k, **kw: Conv2dSVD(i, o, k, init_logvar=lv, **kw))
+
+    def penalty(self, model: nn.Module) -> Tensor:
+        return torch.stack([m.kl() for _, m in bayes_layers(model)]).sum()
+
+    @torch.no_grad()
+    def init_from_pretrained(self, model: nn.Module, dense: nn.Module) -> None:
+        """Means from a trained dense model; other state (batch norm) copied."""
+        mods = dict(dense.named_modules())
+        for name, layer in bayes_layers(model):
+            layer.init_from(mods[name])
+        prunable = {n for n, _ in prunable_layers(model)}
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in dense.state_dict().items() if k.rpartition(".")[0] not in prunable
+                               and k in own and own[k].shape == v.shape}, strict=False)
+
+    @torch.no_grad()
+    def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
+        model = model.eval()
+        weights, biases, out = {}, {}, {}
+        info: dict[str, Any] = {"threshold": self.threshold, "log_alpha_quantiles": {}}
+        for name, layer in bayes_layers(model):
+            la = layer.log_alpha().detach().cpu()
+            keep = la < self.threshold
+            mean, var = layer.weight_mu.detach().cpu(), layer.weight_var().detach().cpu()
+            w = mean * keep
+            bits = 32
+            if self.quantize and keep.any():
+                bits, _, sig = layer_bits(mean[keep], var[keep])
+                w = round_to_precision(w, sig) * keep
+            weights[name], biases[name] = w + 0.0, layer.bias_mu.detach().cpu()
+            out[name] = CompressedLayer(weights[name], bits)
+            info["log_alpha_quantiles"][name] = [float(q) for q in la.flatten().quantile(
+                torch.tensor([0.1, 0.5, 0.9])) ] if la.numel() <= 16_000_000 else []
+        return Compressed(densify(model.cpu(), weights, biases), out, info)
