@@ -95,12 +95,21 @@ class Conv2dSVD(_ConvMixin, _SparseVD):
 @dataclass
 class SparseVD(Method):
     """threshold: log α above which a weight is removed ([MAV17]: 3). init_logvar: initial log σ².
-    quantize: bits from the posterior variance, weights rounded to them (as BC)."""
+    quantize: bits from the posterior variance, weights rounded to them (as BC).
+    logvar_lr_mult: the log σ² learn at this multiple of the lr (as BC's `scale_lr_mult`: from
+    log α ≈ −5 at the start, reaching 3 takes at least 8 / lr steps)."""
 
     name: ClassVar[str] = "sparse_vd"
     threshold: float = 3.0
     init_logvar: float = -10.0
     quantize: bool = True
+    logvar_lr_mult: float = 1.0
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        logvars = {id(m.weight_logvar) for _, m in bayes_layers(model)}
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": [p for p in params if id(p) not in logvars]},
+                {"params": [p for p in params if id(p) in logvars], "lr_mult": self.logvar_lr_mult}]
 
     def layers(self) -> LayerSet:
         lv = self.init_logvar
