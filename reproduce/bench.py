@@ -35,10 +35,12 @@ def train_cost(data: ImageData, model_name: str, methods: list[str], repeats: in
 
 def step_breakdown(model_name: str, methods: list[str], batch_size: int = 128, input_shape: tuple[int, ...] = (1, 28, 28),
                    repeats: int = 100) -> list[dict[str, Any]]:
-    """Milliseconds per training step, by phase, on random data: where a method's extra cost goes."""
+    """Milliseconds per training step, by phase, on random data: where a method's extra cost goes;
+    and the step's matrix-product MFLOP (torch's FlopCounterMode), the arithmetic floor of its cost."""
     import time
 
     import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
 
     def clock(fn) -> float:
         for _ in range(10):
@@ -53,7 +55,7 @@ def step_breakdown(model_name: str, methods: list[str], batch_size: int = 128, i
         torch.manual_seed(0)
         method = METHODS[name]()
         model = MODELS[model_name](layers=method.layers()).train()
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)  # as bayescomp.train
         x, y = torch.rand(batch_size, *input_shape), torch.randint(0, 10, (batch_size,))
 
         def forward_backward() -> None:
@@ -65,8 +67,10 @@ def step_breakdown(model_name: str, methods: list[str], batch_size: int = 128, i
             if p.requires_grad:
                 p.backward()
 
-        forward_backward()
-        rows.append({"method": name, "forward_ms": clock(lambda: F.cross_entropy(model(x), y)),
+        with FlopCounterMode(display=False) as counter:  # matrix products of one forward + backward
+            forward_backward()
+        rows.append({"method": name, "step_mflop": counter.get_total_flops() / 1e6,
+                     "forward_ms": clock(lambda: F.cross_entropy(model(x), y)),
                      "forward_backward_ms": clock(forward_backward), "penalty_fwd_bwd_ms": clock(penalty),
                      "optimizer_ms": clock(opt.step), "step_end_ms": clock(lambda: method.on_step_end(model))})
     return rows
