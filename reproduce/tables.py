@@ -35,7 +35,9 @@ class Row:
 
 def collect(suite: Suite, profile: str, root: Path, table: str = "table1") -> list[Row]:
     rows = []
-    for exp_id in suite.ids(table):
+    ids = suite.ids(table)
+    models = list(dict.fromkeys(i.split(".")[0] for i in ids))
+    for exp_id in sorted(ids, key=lambda i: models.index(i.split(".")[0])):  # per model, methods in file order
         spec = suite.resolve(exp_id, profile)
         st = {s: status(root, spec, s) for s in spec.seeds}
         seeds = [s for s, v in st.items() if v == "current"]
