@@ -107,7 +107,7 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
         method.init_from_pretrained(model, load_model(pre_dir / "model.pt"))  # type: ignore[attr-defined]
     history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / "checkpoint.pt",
                   progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset)
-    compressed = method.compress(model, data)
+    compressed = method.compress(model, data.subset(spec.train_subset, spec.test_subset))  # the run's own data
     metrics, small = summarize(compressed, data, spec.model, dev, test_subset=spec.test_subset)
     record = {
         "id": spec.id, "profile": spec.profile, "seed": seed, "spec_hash": spec.hash,
