@@ -86,6 +86,10 @@ class MaskPruning(Method):
             prune.custom_from_mask(layers[n], "weight", mask.to(weights[n].dtype))
 
     def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
+        with torch.no_grad():  # the masked weight torch.prune caches may carry autograd history: drop it
+            for _, layer in prunable_layers(model):
+                if prune.is_pruned(layer):
+                    layer.weight = layer.weight_orig * layer.weight_mask
         final = copy.deepcopy(model).eval()
         for _, layer in prunable_layers(final):
             if prune.is_pruned(layer):

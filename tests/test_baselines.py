@@ -98,3 +98,17 @@ def test_sparse_vd_kl_pushes_log_alpha_up():
     layer = dict(bayes_layers(model))["fc1"]
     method.penalty(model).backward()
     assert bool((layer.weight_logvar.grad < 0).all())  # descending the KL raises the variances
+
+
+def test_compress_right_after_resuming_from_a_checkpoint():
+    """A resumed run whose last epoch is done goes straight to compress: prepare() left masked
+    weights with autograd history on the model, and compress must still copy it."""
+    model = lenet300()
+    method = MagnitudePruning(sparsity=0.5)
+    method.prepare(model)
+    method.on_epoch_end(model, 0)
+    fresh = lenet300()
+    method.prepare(fresh)
+    fresh.load_state_dict(model.state_dict())
+    c = method.compress(fresh)
+    torch.testing.assert_close(c.layers["fc1"].weight, dict(prunable_layers(model))["fc1"].weight.detach())
