@@ -136,6 +136,14 @@ batch_size = 64
     assert main(["table1", "--profile", "quick", *common]) == 0
     table = (figures / "table1_quick.md").read_text()
     assert "BC-GHS" in table and "not run" not in table
+    import pandas as pd
+
+    csv = pd.read_csv(figures / "table1_quick.csv").set_index("id")
+    metrics = json.loads((results / "lenet300.bc_ghs" / "quick" / "seed0" / "metrics.json").read_text())
+    assert csv.loc["lenet300.bc_ghs", "cr_fast"] == pytest.approx(metrics["cr_fast"])  # the recorded value
+    assert csv.loc["lenet300.dense", "error_pct_paper"] == 1.6
+    tex = (figures / "table1_quick.tex").read_text()
+    assert "\\begin{tabular}" in tex and "BC-GHS" in tex and tex.count("\\\\") == 3  # header + 2 rows
     assert main(["sweep", "lenet300.bc_ghs", "--profile", "quick", "--data-dir", str(data_dir), *common]) == 0
     sweep = (results / "lenet300.bc_ghs" / "quick" / "seed0" / "sweep.csv").read_text().splitlines()
     assert len(sweep) == 1 + 8 and sweep[0].startswith("setting,thresholds,error_pct")
