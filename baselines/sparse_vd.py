@@ -21,12 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from bayescomp import kl
-from bayescomp.bc import bayes_layers
+from bayescomp.bc import bayes_layers, init_from_dense, kl_penalty
 from bayescomp.data import ImageData
 from bayescomp.layers import EPS, _ConvMixin, _GroupBayesLayer, _LinearMixin
-from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method
-from bayescomp.models import prunable_layers
-from bayescomp.precision import layer_bits, round_to_precision
+from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method, lr_groups
+from bayescomp.precision import quantize_kept
 from bayescomp.prune import densify
 
 LOG_ALPHA_CLAMP = 10.0  # [MAV17] code: log α clipped to [-10, 10] inside the KL
@@ -106,10 +105,7 @@ class SparseVD(Method):
     logvar_lr_mult: float = 1.0
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        logvars = {id(m.weight_logvar) for _, m in bayes_layers(model)}
-        params = [p for p in model.parameters() if p.requires_grad]
-        return [{"params": [p for p in params if id(p) not in logvars]},
-                {"params": [p for p in params if id(p) in logvars], "lr_mult": self.logvar_lr_mult}]
+        return lr_groups(model, [m.weight_logvar for _, m in bayes_layers(model)], self.logvar_lr_mult)
 
     def layers(self) -> LayerSet:
         lv = self.init_logvar
@@ -117,18 +113,10 @@ class SparseVD(Method):
                         lambda i, o, k, **kw: Conv2dSVD(i, o, k, init_logvar=lv, **kw))
 
     def penalty(self, model: nn.Module) -> Tensor:
-        return torch.stack([m.kl() for _, m in bayes_layers(model)]).sum()
+        return kl_penalty(model)
 
-    @torch.no_grad()
     def init_from_pretrained(self, model: nn.Module, dense: nn.Module) -> None:
-        """Means from a trained dense model; other state (batch norm) copied."""
-        mods = dict(dense.named_modules())
-        for name, layer in bayes_layers(model):
-            layer.init_from(mods[name])
-        prunable = {n for n, _ in prunable_layers(model)}
-        own = model.state_dict()
-        model.load_state_dict({k: v for k, v in dense.state_dict().items() if k.rpartition(".")[0] not in prunable
-                               and k in own and own[k].shape == v.shape}, strict=False)
+        init_from_dense(model, dense)  # means from the dense weights; other state (batch norm) copied
 
     @torch.no_grad()
     def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
@@ -139,13 +127,9 @@ class SparseVD(Method):
             la = layer.log_alpha().detach().cpu()
             keep = la < self.threshold
             mean, var = layer.weight_mu.detach().cpu(), layer.weight_var().detach().cpu()
-            w = mean * keep
-            bits = 32
-            if self.quantize and keep.any():
-                bits, _, sig = layer_bits(mean[keep], var[keep])
-                w = round_to_precision(w, sig) * keep
-            weights[name], biases[name] = w + 0.0, layer.bias_mu.detach().cpu()
+            w, bits = quantize_kept(mean, var, keep) if self.quantize else (mean * keep + 0.0, 32)
+            weights[name], biases[name] = w, layer.bias_mu.detach().cpu()
             out[name] = CompressedLayer(weights[name], bits)
             info["log_alpha_quantiles"][name] = [float(q) for q in la.flatten().quantile(
-                torch.tensor([0.1, 0.5, 0.9])) ] if la.numel() <= 16_000_000 else []
+                torch.tensor([0.1, 0.5, 0.9]))] if la.numel() <= 16_000_000 else []
         return Compressed(densify(model.cpu(), weights, biases), out, info)

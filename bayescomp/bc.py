@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from bayescomp.data import ImageData
 from bayescomp.layers import Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ, _GroupBayesLayer
-from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method
+from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method, lr_groups
 from bayescomp.models import prunable_layers
-from bayescomp.precision import layer_bits, round_to_precision
+from bayescomp.precision import quantize_kept
 from bayescomp.prune import cascade_masks, densify
 from bayescomp.train import evaluate
 
@@ -29,6 +29,24 @@ THRESHOLD_RULES = ("validation", "fixed")
 
 def bayes_layers(model: nn.Module) -> list[tuple[str, _GroupBayesLayer]]:
     return [(n, m) for n, m in prunable_layers(model) if isinstance(m, _GroupBayesLayer)]
+
+
+def kl_penalty(model: nn.Module) -> Tensor:
+    """The KL divergence of every Bayesian layer of `model`, summed."""
+    return torch.stack([m.kl() for _, m in bayes_layers(model)]).sum()
+
+
+@torch.no_grad()
+def init_from_dense(model: nn.Module, dense: nn.Module) -> None:
+    """Posterior means from a trained dense model of the same architecture; other state (batch norm) copied."""
+    dense_mods = dict(dense.named_modules())
+    for name, layer in bayes_layers(model):
+        layer.init_from(dense_mods[name])
+    prunable = {n for n, _ in prunable_layers(model)}
+    own = model.state_dict()
+    rest = {k: v for k, v in dense.state_dict().items()
+            if k.rpartition(".")[0] not in prunable and k in own and own[k].shape == v.shape}
+    model.load_state_dict(rest, strict=False)
 
 
 @dataclass
@@ -56,13 +74,10 @@ class VariationalMethod(Method):
             raise ValueError(f"threshold_rule {self.threshold_rule!r} unknown; valid: {list(THRESHOLD_RULES)}")
 
     def penalty(self, model: nn.Module) -> Tensor:
-        return torch.stack([m.kl() for _, m in bayes_layers(model)]).sum()
+        return kl_penalty(model)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        scales = {id(p) for _, m in bayes_layers(model) for p in m.scale_parameters()}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in scales]
-        z = [p for p in model.parameters() if p.requires_grad and id(p) in scales]
-        return [{"params": rest}, {"params": z, "lr_mult": self.scale_lr_mult}]
+        return lr_groups(model, [p for _, m in bayes_layers(model) for p in m.scale_parameters()], self.scale_lr_mult)
 
     def on_step_end(self, model: nn.Module) -> None:
         if self.clip_var is None:
@@ -71,17 +86,8 @@ class VariationalMethod(Method):
         first.clip_var = self.clip_var
         first.clip_variances()
 
-    @torch.no_grad()
     def init_from_pretrained(self, model: nn.Module, dense: nn.Module) -> None:
-        """Posterior means from a trained dense model of the same architecture; other state (batch norm) copied."""
-        dense_mods = dict(dense.named_modules())
-        for name, layer in bayes_layers(model):
-            layer.init_from(dense_mods[name])
-        prunable = {n for n, _ in prunable_layers(model)}
-        own = model.state_dict()
-        rest = {k: v for k, v in dense.state_dict().items()
-                if k.rpartition(".")[0] not in prunable and k in own and own[k].shape == v.shape}
-        model.load_state_dict(rest, strict=False)
+        init_from_dense(model, dense)
 
     def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
         model = model.eval()
@@ -111,13 +117,9 @@ class VariationalMethod(Method):
         out_layers: dict[str, CompressedLayer] = {}
         weights, bias_out = {}, {}
         for n, _ in layers:
-            w = means[n] * masks[n]
-            bits = 32
-            if self.quantize and masks[n].any():
-                kept = masks[n]
-                bits, _, sig = layer_bits(means[n][kept], variances[n][kept])
-                w = round_to_precision(w, sig) * masks[n]
-            weights[n] = w + 0.0  # no −0.0 from rounding: a pruned weight is +0.0
+            w, bits = (quantize_kept(means[n], variances[n], masks[n]) if self.quantize
+                       else (means[n] * masks[n] + 0.0, 32))
+            weights[n] = w
             row_alive = masks[n].flatten(1).any(1)
             bias_out[n] = biases[n] * row_alive
             out_layers[n] = CompressedLayer(w, bits)

@@ -49,3 +49,12 @@ def round_to_precision(w: Tensor, significand: int) -> Tensor:
     """Round to the nearest multiple of u(significand) (floor(w/δ + ½)·δ, as the official code)."""
     delta = float(unit_round_off(significand))
     return torch.floor(w / delta + 0.5) * delta
+
+
+def quantize_kept(mean: Tensor, var: Tensor, keep: Tensor) -> tuple[Tensor, int]:
+    """(weights, total bits) of a layer: posterior means where `keep`, rounded to the layer's
+    precision, exactly +0.0 elsewhere (no −0.0 from rounding); 32 bits when nothing is kept."""
+    if not keep.any():
+        return mean * keep + 0.0, 32
+    bits, _, sig = layer_bits(mean[keep], var[keep])
+    return round_to_precision(mean * keep, sig) * keep + 0.0, bits

@@ -39,3 +39,17 @@ def test_rounding_to_precision_by_hand():
     w = torch.tensor([0.3, -0.3, 0.375, 0.0, 0.124])
     torch.testing.assert_close(round_to_precision(w, 2), torch.tensor([0.25, -0.25, 0.5, 0.0, 0.0]))
     torch.testing.assert_close(round_to_precision(w, 3), torch.tensor([0.25, -0.25, 0.375, 0.0, 0.125]))
+
+
+def test_quantize_kept_rounds_kept_weights_and_stores_plus_zero_elsewhere():
+    from bayescomp.precision import quantize_kept
+
+    mean = torch.tensor([0.30, -0.001, -0.70, 0.2])
+    var = torch.full((4,), 1e-4)  # u(t) > 2e-4 for t = 1..12: 12 significand bits
+    keep = torch.tensor([True, True, True, False])
+    w, bits = quantize_kept(mean, var, keep)
+    assert bits == 1 + exponent_bits(0.7) + 12
+    torch.testing.assert_close(w, torch.tensor([1229 / 4096, -4 / 4096, -2867 / 4096, 0.0]))
+    assert not torch.signbit(w[3])
+    w, bits = quantize_kept(-mean, var, torch.zeros(4, dtype=torch.bool))
+    assert bits == 32 and not torch.signbit(w).any() and not w.any()
