@@ -82,14 +82,6 @@ class Method(ABC):
         """Optimiser parameter groups; a group's optional "lr_mult" scales the configured lr."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
-
-def lr_groups(model: nn.Module, faster: list[nn.Parameter], lr_mult: float) -> list[dict[str, Any]]:
-    """Two parameter groups: the trainable parameters in `faster` at lr_mult times the lr, the rest at the lr."""
-    ids = {id(p) for p in faster}
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if id(p) not in ids]},
-            {"params": [p for p in params if id(p) in ids], "lr_mult": lr_mult}]
-
     def on_step_end(self, model: nn.Module) -> None:
         """Called after every optimiser step (e.g. to clip variances)."""
 
@@ -113,3 +105,11 @@ class Dense(Method):
         final = copy.deepcopy(model).eval()
         layers = {n: CompressedLayer(m.weight.detach().clone()) for n, m in prunable_layers(final)}
         return Compressed(final, layers)
+
+
+def lr_groups(model: nn.Module, faster: list[nn.Parameter], lr_mult: float) -> list[dict[str, Any]]:
+    """Two parameter groups: the trainable parameters in `faster` at lr_mult times the lr, the rest at the lr."""
+    ids = {id(p) for p in faster}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if id(p) not in ids]},
+            {"params": [p for p in params if id(p) in ids], "lr_mult": lr_mult}]
