@@ -1,11 +1,14 @@
-"""Command line: python -m reproduce {list, run, table1, sweep, figures, bench-train}.
+"""Command line: python -m reproduce {list, run, table1, check, sweep, figures, bench-train}.
 
 Verbs and switches only; hyperparameters and expected values live in experiments.toml.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +17,13 @@ import torch
 from bayescomp.data import DataError, load_dataset
 from bayescomp.train import TrainingDiverged
 from reproduce.bench import step_breakdown, train_cost
+from reproduce.check import deviations, format_deviations, update_expected
+from reproduce.executors import EXECUTORS, plan_runs, report_failures
 from reproduce.figures import all_figures
-from reproduce.run import run_one, status
+from reproduce.run import resolve_device, run_one, status
 from reproduce.spec import DEFAULT_TOML, SpecError, load_suite
 from reproduce.sweep import sweep
-from reproduce.tables import embed, render_sweeps, render_table1
+from reproduce.tables import embed, render_sweeps, render_table1, render_wall_times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +44,24 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
         p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and CIFAR10/ (or set BAYESCOMP_DATA)")
         p.add_argument("--no-progress", action="store_true")
-    p_t1 = sub.add_parser("table1", parents=[common], help="render figures/table1.md from recorded results")
+    p_t1 = sub.add_parser("table1", parents=[common],
+                          help="train the missing rows of Table 1, then render figures/table1.{md,csv,tex}")
     p_t1.add_argument("--profile", default="paper")
+    p_t1.add_argument("--dry-run", action="store_true", help="print what would be trained and its estimated time")
+    p_t1.add_argument("--no-train", action="store_true", help="only render what is recorded")
+    p_ck = sub.add_parser("check", parents=[common],
+                          help="retrain a profile from scratch and compare with the expected values in experiments.toml")
+    p_ck.add_argument("--profile", default="quick")
+    p_ck.add_argument("--update", action="store_true",
+                      help="write the measured values as the expected ones (after a deliberate change)")
+    p_ck.add_argument("--reuse", action="store_true",
+                      help="use (and complete) the runs in --results-dir instead of a fresh folder")
+    for p in (p_t1, p_ck):
+        p.add_argument("--jobs", type=int, default=1, help="independent runs side by side (default 1)")
+        p.add_argument("--executor", choices=sorted(EXECUTORS), default="local")
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+        p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and CIFAR10/ (or set BAYESCOMP_DATA)")
+        p.add_argument("--no-progress", action="store_true")
     p_sw = sub.add_parser("sweep", parents=[common], help="accuracy vs compression of a recorded Bayesian run")
     p_sw.add_argument("id")
     p_sw.add_argument("--profile", default="paper")
@@ -74,12 +95,27 @@ def main(argv: list[str] | None = None) -> int:
                       f"|w≠0|/|w| {m['nonzero_pct']:.2f} %, architecture {m['architecture']}, "
                       f"CR fast {m['cr_fast']:.1f}")
         elif args.verb == "table1":
-            table = render_table1(suite, args.profile, args.results_dir, args.figures_dir)
+            gpu = resolve_device(args.device).type == "cuda"
+            plan = plan_runs(suite, args.profile, args.results_dir, suite.ids("table1"), gpu=gpu)
+            if args.dry_run or (plan.tasks and not args.no_train):
+                print(plan.describe(), file=sys.stderr)
+            if args.dry_run:
+                return 0
+            if plan.tasks and not args.no_train:
+                outcomes = _executor(args).run(plan, args.spec, args.results_dir, device=args.device,
+                                               data_dir=args.data_dir, progress=not args.no_progress)
+                if report_failures(outcomes):
+                    return 1
+            table = render_table1(suite, args.profile, args.results_dir, args.figures_dir, plan.needs_gpu)
             print(table, end="")
             sweeps = render_sweeps(suite, args.profile, args.results_dir, args.figures_dir)
-            if args.profile == "paper" and embed(Path("REPRODUCING.md"), "table1", table.split("\n", 2)[2]):
-                embed(Path("REPRODUCING.md"), "sweeps", sweeps)
+            doc = args.figures_dir.parent / "REPRODUCING.md"  # the repository's, beside figures/
+            if args.profile == "paper" and embed(doc, "table1", table.split("\n", 2)[2]):
+                embed(doc, "sweeps", sweeps)
+                embed(doc, "walltimes", render_wall_times(suite, args.profile, args.results_dir))
                 print("(updated the generated blocks of REPRODUCING.md)", file=sys.stderr)
+        elif args.verb == "check":
+            return _check(args, suite)
         elif args.verb == "sweep":
             spec = suite.resolve(args.id, args.profile)
             data = load_dataset(spec.dataset, args.data_dir, val_size=spec.val_size)
@@ -111,6 +147,38 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; rerun the same command to resume from the last completed epoch", file=sys.stderr)
         return 130
     return 0
+
+
+def _executor(args: argparse.Namespace):
+    return EXECUTORS[args.executor](jobs=args.jobs)
+
+
+def _check(args: argparse.Namespace, suite) -> int:
+    """Retrain the profile (fresh folder unless --reuse), print the deviation table; 1 on any miss."""
+    root = args.results_dir if args.reuse else Path(tempfile.mkdtemp(prefix=f"reproduce-check-{args.profile}-"))
+    plan = plan_runs(suite, args.profile, root, suite.ids(), gpu=resolve_device(args.device).type == "cuda")
+    print(f"check [{args.profile}]: results in {root}\n{plan.describe()}", file=sys.stderr)
+    started = time.time()
+    outcomes = _executor(args).run(plan, args.spec, root, device=args.device, data_dir=args.data_dir,
+                                   progress=not args.no_progress)
+    failures = report_failures(outcomes)
+    if args.update:
+        if failures:
+            print("error: not updating the expected values: some runs failed", file=sys.stderr)
+            return 1
+        ids = update_expected(args.spec, suite, args.profile, root)
+        print(f"wrote expected.{args.profile} values of {len(ids)} experiments into {args.spec}", file=sys.stderr)
+        suite = load_suite(args.spec)
+    frame = deviations(suite, args.profile, root)
+    misses = int((~frame["ok"]).sum())
+    print(format_deviations(frame))
+    print(f"\ncheck [{args.profile}]: {len(frame) - misses}/{len(frame)} metrics within tolerance "
+          f"({time.time() - started:.0f} s)")
+    if misses:
+        print(f"\n{misses} MISSES:\n{format_deviations(frame, only_failures=True)}", file=sys.stderr)
+    if not args.reuse and not misses:
+        shutil.rmtree(root, ignore_errors=True)
+    return 1 if misses or failures else 0
 
 
 if __name__ == "__main__":

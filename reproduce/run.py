@@ -1,14 +1,17 @@
 """Train, compress, measure and record one (experiment, profile, seed); resumable.
 
-Results: results/<id>/<profile>/seed<k>/{spec.json, history.csv, metrics.json, model.pt}. They are
-written into a temporary folder and moved into place in one rename, so a killed run never leaves a
-half-written results folder. Work in progress (the per-epoch checkpoint) lives in
+Results: results/<id>/<profile>/seed<k>/{spec.json, history.csv, metrics.json, details.json,
+model.pt}, and posterior.pt for Bayesian runs. They are written into a temporary folder and moved
+into place in one rename, so a killed run never leaves a half-written results folder. Artifacts
+over 5 MB (a VGG model) are written as `*.large.pt`, which git ignores: the repository keeps their
+size and SHA-256 in spec.json, and a run that needs a missing one (as pretraining) regenerates it. Work in progress (the per-epoch checkpoint) lives in
 results/.work/<id>/<profile>/seed<k>/ and is dropped when the spec hash changes.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -31,8 +34,8 @@ from bayescomp.train import fit
 from reproduce.registry import METHODS, MODELS
 from reproduce.spec import RunSpec, Suite
 
-RESULT_FILES = ("spec.json", "history.csv", "metrics.json", "model.pt")  # + details.json, posterior.pt
-POSTERIOR_MAX_BYTES = 5_000_000  # larger posteriors (VGG) are not kept: the repository stays light
+RESULT_FILES = ("spec.json", "history.csv", "metrics.json")  # + details.json, model.pt, posterior.pt
+LARGE_BYTES = 5_000_000  # larger artifacts are written as *.large.pt, kept out of git
 
 
 def result_dir(root: Path, exp_id: str, profile: str, seed: int) -> Path:
@@ -46,6 +49,14 @@ def status(root: Path, spec: RunSpec, seed: int) -> str:
         return "missing"
     recorded = json.loads((d / "spec.json").read_text())
     return "current" if recorded.get("spec_hash") == spec.hash else "stale"
+
+
+def artifact(folder: Path, name: str) -> Path | None:
+    """The file of artifact `name` ('model', 'posterior') in a results folder, or None if absent here."""
+    for p in (folder / f"{name}.pt", folder / f"{name}.large.pt"):
+        if p.exists():
+            return p
+    return None
 
 
 def load_result(root: Path, spec: RunSpec, seed: int) -> dict[str, Any]:
@@ -102,9 +113,15 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
     model = MODELS[spec.model](layers=method.layers(), mean=data.mean, std=data.std)
     if spec.pretrain is not None:
         pre_spec = suite.resolve(spec.pretrain, spec.profile)
-        run_one(suite, pre_spec, seed, root, device=device, data_dir=data_dir, progress=progress)
         pre_dir = result_dir(root, pre_spec.id, pre_spec.profile, seed)
-        method.init_from_pretrained(model, load_model(pre_dir / "model.pt"))  # type: ignore[attr-defined]
+        regenerate = status(root, pre_spec, seed) == "current" and artifact(pre_dir, "model") is None
+        if regenerate:  # recorded by its metrics only (a large model is not in git): train it again
+            print(f"{pre_spec.id} seed {seed}: model file not here (only its metrics are recorded); "
+                  "retraining it", file=sys.stderr)
+        run_one(suite, pre_spec, seed, root, device=device, data_dir=data_dir, progress=progress, force=regenerate)
+        pre_model = artifact(pre_dir, "model")
+        assert pre_model is not None
+        method.init_from_pretrained(model, load_model(pre_model))  # type: ignore[attr-defined]
     history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / "checkpoint.pt",
                   progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset)
     compressed = method.compress(model, data.subset(spec.train_subset, spec.test_subset))  # the run's own data
@@ -122,19 +139,29 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
     tmp = root / f".tmp-{spec.id}-{spec.profile}-seed{seed}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    artifacts = {"model": model_record(small, spec.model, [int(a) for a in metrics["architecture"].split("-")])}
+    if method.layers() is not DENSE:  # the trained posterior, for re-thresholding without retraining
+        artifacts["posterior"] = {"format": "bayescomp-posterior/1", "model": spec.model, "method": spec.method,
+                                  "method_args": spec.method_args,
+                                  "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    record["artifacts"] = {name: _save_artifact(obj, tmp, name) for name, obj in artifacts.items()}
     (tmp / "spec.json").write_text(json.dumps(record, indent=2) + "\n")
     pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "details.json").write_text(json.dumps(compressed.info) + "\n")
-    torch.save(model_record(small, spec.model, [int(a) for a in metrics["architecture"].split("-")]), tmp / "model.pt")
-    if method.layers() is not DENSE:  # the trained posterior, for re-thresholding without retraining
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        if sum(v.numel() * v.element_size() for v in state.values()) <= POSTERIOR_MAX_BYTES:
-            torch.save({"format": "bayescomp-posterior/1", "model": spec.model, "method": spec.method,
-                        "method_args": spec.method_args, "state_dict": state}, tmp / "posterior.pt")
     _replace_dir(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
     return metrics
+
+
+def _save_artifact(obj: Any, folder: Path, name: str) -> dict[str, Any]:
+    """torch.save obj as <name>.pt, or <name>.large.pt over LARGE_BYTES; its file name, size and SHA-256."""
+    path = folder / f"{name}.pt"
+    torch.save(obj, path)
+    size = path.stat().st_size
+    if size > LARGE_BYTES:
+        path = path.rename(folder / f"{name}.large.pt")
+    return {"file": path.name, "bytes": size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _replace_dir(new: Path, dest: Path) -> None:

@@ -21,10 +21,12 @@ from reproduce.registry import DATASETS, METHODS, MODELS
 DEFAULT_TOML = Path(__file__).with_name("experiments.toml")
 RESULTS_FORMAT = 1  # bump when a change to the code invalidates every recorded result
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-RUN_KEYS = ("seeds", "train_subset", "test_subset", "val_size", "pretrain", "method_args", "cpu_epoch_seconds")
+RUN_KEYS = ("seeds", "train_subset", "test_subset", "val_size", "pretrain", "method_args", "cpu_epoch_seconds",
+            "needs_gpu")
 EXPERIMENT_KEYS = ("id", "label", "table", "model", "dataset", "method", "targets", "expected") + RUN_KEYS + TRAIN_KEYS
 PROFILE_KEYS = ("description",) + RUN_KEYS + TRAIN_KEYS
 TARGET_KEYS = ("value", "tol", "tag", "source")
+PUBLISHED_KEYS = ("model", "label", "source", "nonzero_pct", "architecture", "bits", "cr_fast", "cr_max", "error_pct")
 
 
 class SpecError(ValueError):
@@ -50,6 +52,7 @@ class RunSpec:
     val_size: int = 5000
     pretrain: str | None = None
     cpu_epoch_seconds: float | None = None
+    needs_gpu: bool = False  # table1 does not train it on a machine without one
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     expected: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -135,6 +138,11 @@ def load_suite(path: Path = DEFAULT_TOML) -> Suite:
             for metric, target in exp_vals.items():
                 _check_keys(target, TARGET_KEYS, f"{where}, expected.{p}.{metric}")
         experiments[exp["id"]] = exp
+    for row in raw.get("published", []):
+        _check_keys(row, PUBLISHED_KEYS, f"[[published]] {row.get('label', '?')!r}")
+        if row.get("model") not in MODELS:
+            raise SpecError(f"[[published]] {row.get('label', '?')!r}: model {row.get('model')!r} unknown; "
+                            f"valid: {', '.join(MODELS)}")
     suite = Suite(experiments, profiles, raw.get("published", []))
     for exp_id in experiments:  # resolving checks TrainConfig values and method_args
         for p in profiles:

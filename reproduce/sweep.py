@@ -17,7 +17,7 @@ import torch
 from bayescomp.data import ImageData
 from bayescomp.metrics import summarize
 from reproduce.registry import METHODS, MODELS
-from reproduce.run import result_dir
+from reproduce.run import artifact, result_dir
 from reproduce.spec import RunSpec
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
@@ -27,9 +27,10 @@ OFFICIAL_THRESHOLDS = {("lenet300", "bc_gnj"): [-2.8, -3.0, -5.0]}  # official e
 def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[float, ...] = MARGINS) -> pd.DataFrame:
     """One row per threshold setting: margin (or 'official'), thresholds and the summarize() metrics."""
     folder = result_dir(root, spec.id, spec.profile, seed)
-    post = folder / "posterior.pt"
-    if not post.exists():
-        raise FileNotFoundError(f"{post} does not exist: this run kept no posterior (only small Bayesian runs do)")
+    post = artifact(folder, "posterior")
+    if post is None:
+        raise FileNotFoundError(f"{folder} holds no posterior.pt: only Bayesian runs keep one, and a large one "
+                                "(*.large.pt) only on the machine that trained it")
     state = torch.load(post, weights_only=True)["state_dict"]
     base = METHODS[spec.method](**spec.method_args)
     model = MODELS[spec.model](layers=base.layers(), mean=data.mean, std=data.std)

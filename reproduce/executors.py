@@ -1,0 +1,195 @@
+"""Which runs a table still needs (the plan), and executors that carry a plan out.
+
+A task is one (experiment, profile, seed). The plan orders tasks in stages: a run whose `pretrain`
+experiment has no current result waits for it in an earlier stage. Within a stage tasks are
+independent. An executor runs the stages in order and the tasks of a stage in any order; each task
+records its results with `reproduce.run.run_one`, which writes the results folder in one rename,
+so whichever executor ran it, a finished task looks the same and an interrupted one leaves nothing.
+
+`local` runs tasks in this process (`jobs=1`, with per-step progress bars) or in `jobs` worker
+processes sharing the cores. Another engine fits behind the same `run(stages)` method.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from reproduce.run import run_one, status
+from reproduce.spec import RunSpec, Suite, load_suite
+
+TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000}  # images in the official training split
+
+
+@dataclass(frozen=True)
+class Task:
+    exp_id: str
+    profile: str
+    seed: int
+    estimate_s: float  # on this CPU, from the spec's cpu_epoch_seconds
+
+    @property
+    def name(self) -> str:
+        return f"{self.exp_id} [{self.profile}] seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    stages: list[list[Task]]
+    needs_gpu: dict[str, float]  # experiment id -> estimated CPU seconds, for rows left untrained
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [t for stage in self.stages for t in stage]
+
+    def describe(self) -> str:
+        lines = []
+        for i, stage in enumerate(self.stages, 1):
+            lines.append(f"stage {i} ({len(stage)} runs, independent):")
+            lines += [f"  {t.name:<48} ~{_duration(t.estimate_s)}" for t in stage]
+        total = sum(t.estimate_s for t in self.tasks)
+        lines.append(f"{len(self.tasks)} runs, ~{_duration(total)} on this CPU one after another" if self.tasks
+                     else "nothing to train: every row has current results")
+        lines += [f"left out: {i} needs a GPU (~{_duration(s)} on this CPU); "
+                  f"`python -m reproduce run {i} --device cuda`" for i, s in self.needs_gpu.items()]
+        return "\n".join(lines)
+
+
+def estimate_seconds(spec: RunSpec) -> float:
+    """Training time on this CPU: epochs x the spec's measured seconds per full epoch, scaled to the subset."""
+    per_epoch = spec.cpu_epoch_seconds or 60.0
+    full = TRAIN_SIZES.get(spec.dataset, 50_000) - spec.val_size
+    share = min(1.0, spec.train_subset / full) if spec.train_subset else 1.0
+    return spec.train.epochs * per_epoch * share + 5.0  # + data loading, compression, measuring
+
+
+def plan_runs(suite: Suite, profile: str, root: Path, ids: list[str], *, gpu: bool) -> Plan:
+    """Tasks for every seed of `ids` without a current result, their missing pretraining first."""
+    depth: dict[tuple[str, int], int] = {}
+    tasks: dict[tuple[str, int], Task] = {}
+    needs_gpu: dict[str, float] = {}
+
+    def visit(exp_id: str, seed: int) -> int:  # the stage of (exp_id, seed); -1 when nothing to run
+        key = (exp_id, seed)
+        if key in depth:
+            return depth[key]
+        spec = suite.resolve(exp_id, profile)
+        pre = visit(spec.pretrain, seed) if spec.pretrain else -1
+        if status(root, spec, seed) == "current":
+            depth[key] = -1
+        else:
+            depth[key] = pre + 1
+            tasks[key] = Task(exp_id, profile, seed, estimate_seconds(spec))
+        return depth[key]
+
+    for exp_id in ids:
+        spec = suite.resolve(exp_id, profile)
+        if spec.needs_gpu and not gpu:
+            missing = [s for s in spec.seeds if status(root, spec, s) != "current"]
+            if missing:
+                chain = [spec] + ([suite.resolve(spec.pretrain, profile)] if spec.pretrain else [])
+                needs_gpu[exp_id] = sum(estimate_seconds(c) for c in chain) * len(missing)
+            continue
+        for seed in spec.seeds:
+            visit(exp_id, seed)
+    n_stages = max((d for d in depth.values()), default=-1) + 1
+    stages = [[t for k, t in tasks.items() if depth[k] == i] for i in range(n_stages)]
+    return Plan([s for s in stages if s], needs_gpu)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    task: Task
+    metrics: dict[str, Any] | None
+    error: str | None
+    seconds: float
+
+
+def _run_task(task: Task, spec_path: str, root: str, device: str, data_dir: str | None, progress: bool,
+              threads: int | None = None) -> dict[str, Any]:
+    """One task, in whichever process runs it (picklable: plain arguments only)."""
+    if threads:
+        torch.set_num_threads(threads)
+    suite = load_suite(Path(spec_path))
+    spec = suite.resolve(task.exp_id, task.profile)
+    return run_one(suite, spec, task.seed, Path(root), device=device, data_dir=data_dir, progress=progress)
+
+
+@dataclass
+class LocalExecutor:
+    """Tasks on this machine: in this process (jobs=1) or in `jobs` worker processes."""
+
+    jobs: int = 1
+
+    def run(self, plan: Plan, spec_path: Path, root: Path, *, device: str = "auto", data_dir: str | None = None,
+            progress: bool = True) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        total = sum(t.estimate_s for t in plan.tasks)
+        bar = tqdm(total=round(total), unit="s", desc="plan (estimated seconds)", disable=not progress or not total,
+                   position=0, dynamic_ncols=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} est-s [{elapsed}<{remaining}]")
+        for stage in plan.stages:
+            if self.jobs <= 1:
+                for task in stage:
+                    bar.set_postfix_str(task.name)
+                    outcomes.append(_timed(task, lambda t=task: _run_task(t, str(spec_path), str(root), device,
+                                                                          data_dir, progress)))
+                    bar.update(round(task.estimate_s))
+            else:
+                threads = max(1, (os.cpu_count() or 1) // self.jobs)
+                with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    started = {pool.submit(_run_task, t, str(spec_path), str(root), device, data_dir, False, threads):
+                               (t, time.time()) for t in stage}
+                    pending = set(started)
+                    while pending:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            task, t0 = started[fut]
+                            err = fut.exception()
+                            outcomes.append(Outcome(task, None if err else fut.result(),
+                                                    None if err is None else f"{type(err).__name__}: {err}",
+                                                    time.time() - t0))
+                            bar.update(round(task.estimate_s))
+            failed = [o for o in outcomes if o.error]
+            if failed:  # later stages depend on this one
+                break
+        bar.close()
+        return outcomes
+
+
+def _timed(task: Task, fn) -> Outcome:
+    t0 = time.time()
+    try:
+        return Outcome(task, fn(), None, time.time() - t0)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # reported by the caller with the task's name
+        return Outcome(task, None, f"{type(e).__name__}: {e}", time.time() - t0)
+
+
+EXECUTORS = {"local": LocalExecutor}
+
+
+def report_failures(outcomes: list[Outcome]) -> int:
+    """Print failed tasks; the number of failures."""
+    failed = [o for o in outcomes if o.error]
+    for o in failed:
+        print(f"error: {o.task.name} failed: {o.error}", file=sys.stderr)
+    return len(failed)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{math.ceil(seconds)} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
