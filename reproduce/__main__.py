@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _executor(args: argparse.Namespace):
-    return EXECUTORS[args.executor](jobs=args.jobs)
+def _executor(args: argparse.Namespace, threads: int | None = None):
+    return EXECUTORS[args.executor](jobs=args.jobs, threads=threads)
 
 
 def _check(args: argparse.Namespace, suite) -> int:
@@ -159,8 +159,9 @@ def _check(args: argparse.Namespace, suite) -> int:
     plan = plan_runs(suite, args.profile, root, suite.ids(), gpu=resolve_device(args.device).type == "cuda")
     print(f"check [{args.profile}]: results in {root}\n{plan.describe()}", file=sys.stderr)
     started = time.time()
-    outcomes = _executor(args).run(plan, args.spec, root, device=args.device, data_dir=args.data_dir,
-                                   progress=not args.no_progress)
+    # one thread per run: the numbers then do not depend on --jobs or on the number of cores
+    outcomes = _executor(args, threads=1).run(plan, args.spec, root, device=args.device, data_dir=args.data_dir,
+                                              progress=not args.no_progress)
     failures = report_failures(outcomes)
     if args.update:
         if failures:

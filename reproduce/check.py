@@ -6,11 +6,11 @@
 written only by `--update`, from the runs just made, with the tolerance rule below and the run's
 provenance as their source; nobody types them.
 
-Tolerance: max(absolute floor, relative share of the value). On one machine the CPU kernels are
-deterministic for a fixed thread count; the tolerance absorbs the last-bit differences of another
-thread count or CPU, which over a few epochs move the error by a few test images and the kept
-weights by a few tenths of a percent. A real regression (a changed KL, threshold or encoder)
-moves them far more.
+Every run of a check uses one torch thread: the CPU kernels are deterministic for a fixed thread
+count, and the numbers then do not depend on `--jobs` or the machine's cores (the toy VGG rows,
+one epoch on 256 images with thresholds chosen on 50, change a lot with the thread count).
+Tolerance: max(absolute floor, relative share of the value); it absorbs last-bit differences of
+another CPU. A real regression (a changed KL, threshold or encoder) moves the numbers far more.
 """
 from __future__ import annotations
 

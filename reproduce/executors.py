@@ -126,9 +126,11 @@ def _run_task(task: Task, spec_path: str, root: str, device: str, data_dir: str 
 
 @dataclass
 class LocalExecutor:
-    """Tasks on this machine: in this process (jobs=1) or in `jobs` worker processes."""
+    """Tasks on this machine: in this process (jobs=1) or in `jobs` worker processes.
+    threads: torch threads per run (default: the cores shared among the jobs)."""
 
     jobs: int = 1
+    threads: int | None = None
 
     def run(self, plan: Plan, spec_path: Path, root: Path, *, device: str = "auto", data_dir: str | None = None,
             progress: bool = True) -> list[Outcome]:
@@ -142,10 +144,10 @@ class LocalExecutor:
                 for task in stage:
                     bar.set_postfix_str(task.name)
                     outcomes.append(_timed(task, lambda t=task: _run_task(t, str(spec_path), str(root), device,
-                                                                          data_dir, progress)))
+                                                                          data_dir, progress, self.threads)))
                     bar.update(round(task.estimate_s))
             else:
-                threads = max(1, (os.cpu_count() or 1) // self.jobs)
+                threads = self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
                 with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
                     started = {pool.submit(_run_task, t, str(spec_path), str(root), device, data_dir, False, threads):
                                (t, time.time()) for t in stage}

@@ -1,4 +1,5 @@
-"""Plots from results files only (never trains): pruning statistics, bits per layer, learning curves.
+"""Plots from results files only (never trains): accuracy vs compression, pruning statistics, bits and
+kept units per layer, learning curves.
 
 Each figure is written as PNG and PDF into the figures folder; a figure covers the current
 (non-stale) results of the chosen profile.
@@ -9,6 +10,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -16,6 +18,7 @@ import pandas as pd  # noqa: E402
 
 from reproduce.run import result_dir, status  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
+from reproduce.tables import MODEL_TITLES  # noqa: E402
 
 STAT_LABEL = {"bc_gnj": "log α", "bc_ghs": "−log mode of q(z)"}
 
@@ -116,6 +119,70 @@ def learning_curves(suite: Suite, profile: str, root: Path, out: Path) -> list[P
     return _save(fig, out, "learning_curves" + ("" if profile == "paper" else "_" + profile))
 
 
+def _mean_std(frame: pd.DataFrame, by: str | None, cols: list[str]) -> pd.DataFrame:
+    """Mean and std (over seeds) of `cols`, per value of `by` (a sweep setting) or over all rows."""
+    g = frame.groupby(by, sort=False) if by else frame.assign(_all=0).groupby("_all")
+    out = g[cols].agg(["mean", "std"])
+    out.columns = [f"{c}_{s}" for c, s in out.columns]
+    return out.fillna({f"{c}_std": 0.0 for c in cols})
+
+
+def tradeoff(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
+    """Per model: test error against CR fast and against |w≠0|/|w|, every method.
+
+    Lines: threshold sweeps of the recorded posteriors (reproduce sweep), mean ± std over the
+    seeds that have one. Large markers: the table's recorded rows (mean ± std over seeds). Stars:
+    the paper's values. Mask baselines are points: another sparsity means another training run.
+    """
+    cols = ["error_pct", "cr_fast", "nonzero_pct"]
+    by_model: dict[str, list] = {}
+    for spec, seeds in _current(suite, profile, root):
+        if spec.method == "dense":
+            continue
+        recorded = pd.DataFrame([json.loads((result_dir(root, spec.id, profile, s) / "metrics.json").read_text())
+                                 for s in seeds])
+        sweeps = [pd.read_csv(f) for s in seeds if (f := result_dir(root, spec.id, profile, s) / "sweep.csv").exists()]
+        curve = _mean_std(pd.concat(sweeps), "setting", cols) if sweeps else None
+        if curve is not None and "official" in curve.index:
+            curve = curve.drop(index="official")
+        by_model.setdefault(spec.model, []).append((spec, _mean_std(recorded, None, cols), curve, len(sweeps)))
+    written = []
+    for model, methods in by_model.items():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for i, (spec, point, curve, n_sweeps) in enumerate(methods):
+            color = f"C{i}"
+            for ax, x in zip(axes, ("cr_fast", "nonzero_pct")):
+                if curve is not None:
+                    ax.errorbar(curve[f"{x}_mean"], curve["error_pct_mean"], xerr=curve[f"{x}_std"],
+                                yerr=curve["error_pct_std"], color=color, lw=1, marker=".", capsize=2, alpha=0.8)
+                ax.errorbar(point[f"{x}_mean"], point["error_pct_mean"], xerr=point[f"{x}_std"],
+                            yerr=point["error_pct_std"], color=color, marker="o", ms=7, capsize=3, ls="none",
+                            label=f"{spec.label} ({f'sweep, {n_sweeps} seed(s)' if n_sweeps else 'recorded'})")
+                tgt = spec.targets
+                if x in tgt and "error_pct" in tgt:
+                    ax.plot(tgt[x]["value"], tgt["error_pct"]["value"], marker="*", ms=13, color=color, mec="black",
+                            ls="none")
+        for pub_i, pub in enumerate(p for p in suite.published if p["model"] == model):
+            if "nonzero_pct" in pub and "error_pct" in pub:
+                axes[1].plot(pub["nonzero_pct"], pub["error_pct"], marker="P", ms=9, color="0.4", ls="none")
+                axes[1].annotate(pub["label"], (pub["nonzero_pct"], pub["error_pct"]), fontsize=7,
+                                 xytext=(4, 4 + 6 * pub_i), textcoords="offset points")
+        axes[0].set_xlabel("CR fast (higher is better)")
+        axes[1].set_xlabel("|w≠0|/|w| % (lower is better)")
+        axes[0].set_xscale("log")
+        axes[1].set_xscale("log")
+        for ax in axes:
+            ax.set_ylabel("test error %")
+            ax.grid(alpha=0.3, which="both")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{MODEL_TITLES.get(model, model)} [{profile}]: accuracy vs compression "
+                     "(lines: threshold sweeps; ★ paper; + published)", fontsize=10)
+        written += _save(fig, out, f"tradeoff_{model}" + ("" if profile == "paper" else "_" + profile))
+    return written
+
+
 def all_figures(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
-    return (statistic_histograms(suite, profile, root, out) + bits_and_units(suite, profile, root, out)
-            + learning_curves(suite, profile, root, out))
+    return (tradeoff(suite, profile, root, out) + statistic_histograms(suite, profile, root, out)
+            + bits_and_units(suite, profile, root, out) + learning_curves(suite, profile, root, out))

@@ -1,9 +1,9 @@
 """Accuracy vs compression of a recorded Bayesian run, from its saved posterior (no retraining).
 
-For each validation margin, the method's own threshold rule picks thresholds on the validation
-split; the compressed model is measured by `metrics.summarize` like any table row. The official
-LeNet-300-100 thresholds (log α < −2.8, −3, −5 kept) are one more point for BC-GNJ on that model.
-Written to results/<id>/<profile>/seed<k>/sweep.csv.
+BC: for each validation margin, the method's own threshold rule picks thresholds on the validation
+split; the official LeNet-300-100 thresholds (log α < −2.8, −3, −5 kept) are one more point for
+BC-GNJ on that model. Sparse VD: the log α threshold ([MAV17] uses 3). Each compressed model is
+measured by `metrics.summarize` like any table row. Written to results/<id>/<profile>/seed<k>/sweep.csv.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from reproduce.run import artifact, result_dir
 from reproduce.spec import RunSpec
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
+SVD_THRESHOLDS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)  # log α; weights at or above are removed
 OFFICIAL_THRESHOLDS = {("lenet300", "bc_gnj"): [-2.8, -3.0, -5.0]}  # official example.py, kept if log α < t
 
 
@@ -35,8 +36,14 @@ def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[
     base = METHODS[spec.method](**spec.method_args)
     model = MODELS[spec.model](layers=base.layers(), mean=data.mean, std=data.std)
     model.load_state_dict(state)
-    settings: list[tuple[str, Any]] = [(f"{m:g}", dataclasses.replace(base, val_margin_pct=m, threshold_rule="validation"))
-                                       for m in margins]
+    settings: list[tuple[str, Any]]
+    if spec.method == "sparse_vd":
+        settings = [(f"log α < {t:g}", dataclasses.replace(base, threshold=t)) for t in SVD_THRESHOLDS]
+    elif spec.method in ("bc_gnj", "bc_ghs"):
+        settings = [(f"{m:g}", dataclasses.replace(base, val_margin_pct=m, threshold_rule="validation"))
+                    for m in margins]
+    else:
+        raise ValueError(f"sweep: {spec.id} has no posterior threshold to sweep (BC and Sparse VD do)")
     if (spec.model, spec.method) in OFFICIAL_THRESHOLDS:
         settings.append(("official", dataclasses.replace(base, threshold_rule="fixed",
                                                          thresholds=OFFICIAL_THRESHOLDS[(spec.model, spec.method)])))
@@ -44,7 +51,7 @@ def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[
     for label, method in settings:
         c = method.compress(model.eval(), data)
         metrics, _ = summarize(c, data, spec.model, test_subset=spec.test_subset)
-        rows.append({"setting": label, "thresholds": c.info["thresholds"], "error_pct": metrics["error_pct"],
+        rows.append({"setting": label, "thresholds": c.info.get("thresholds", c.info.get("threshold")), "error_pct": metrics["error_pct"],
                      "nonzero_pct": metrics["nonzero_pct"], "architecture": metrics["architecture"],
                      "bits": metrics["bits"], "cr_fast": metrics["cr_fast"], "cr_max": metrics["cr_max"],
                      "val_error_pruned_pct": c.info.get("val_error_pruned_pct")})

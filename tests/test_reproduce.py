@@ -148,7 +148,8 @@ batch_size = 64
     sweep = (results / "lenet300.bc_ghs" / "quick" / "seed0" / "sweep.csv").read_text().splitlines()
     assert len(sweep) == 1 + 8 and sweep[0].startswith("setting,thresholds,error_pct")
     assert main(["figures", "--profile", "quick", *common]) == 0
-    for name in ("stat_hist_lenet300_bc_ghs_quick", "bc_bits_units_quick", "learning_curves_quick"):
+    for name in ("tradeoff_lenet300_quick", "stat_hist_lenet300_bc_ghs_quick", "bc_bits_units_quick",
+                 "learning_curves_quick"):
         assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").exists()
 
 
