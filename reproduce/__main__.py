@@ -1,4 +1,4 @@
-"""Command line: python -m reproduce {list, run, table1, check, sweep, figures, bench-train}.
+"""Command line: python -m reproduce {list, run, table1, table2, check, sweep, figures, bench-train}.
 
 Verbs and switches only; hyperparameters and expected values live in experiments.toml.
 """
@@ -23,6 +23,7 @@ from reproduce.figures import all_figures
 from reproduce.run import resolve_device, run_one, status
 from reproduce.spec import DEFAULT_TOML, SpecError, load_suite
 from reproduce.sweep import sweep
+from reproduce import table2
 from reproduce.tables import embed, render_sweeps, render_table1, render_wall_times
 
 
@@ -62,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
         p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and CIFAR10/ (or set BAYESCOMP_DATA)")
         p.add_argument("--no-progress", action="store_true")
+    p_t2 = sub.add_parser("table2", parents=[common],
+                          help="time the recorded models (dense, structured, sparse CSR) and training; figures/table2.md")
+    p_t2.add_argument("--profile", default="paper")
+    p_t2.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p_t2.add_argument("--threads", default="1,2", help="CPU thread counts to time (default 1,2)")
+    p_t2.add_argument("--no-measure", action="store_true", help="only render the recorded results/bench/")
+    p_t2.add_argument("--data-dir", default=None)
+    p_t2.add_argument("--no-progress", action="store_true")
     p_sw = sub.add_parser("sweep", parents=[common], help="accuracy vs compression of a recorded Bayesian run")
     p_sw.add_argument("id")
     p_sw.add_argument("--profile", default="paper")
@@ -114,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
                 embed(doc, "sweeps", sweeps)
                 embed(doc, "walltimes", render_wall_times(suite, args.profile, args.results_dir))
                 print("(updated the generated blocks of REPRODUCING.md)", file=sys.stderr)
+        elif args.verb == "table2":
+            if not args.no_measure:
+                resolve_device(args.device)
+                folder = table2.measure(suite, args.profile, args.results_dir, args.device, args.data_dir,
+                                        tuple(int(t) for t in args.threads.split(",")), progress=not args.no_progress)
+                print(table2.summary(table2.measured_rows(args.results_dir, folder.name)), file=sys.stderr)
+            print(table2.render(args.results_dir, args.figures_dir), end="")
         elif args.verb == "check":
             return _check(args, suite)
         elif args.verb == "sweep":

@@ -1,0 +1,171 @@
+"""Table 2: measured speed of the compressed networks beside the FLOP-ratio bound, and training cost.
+
+`python -m reproduce table2` times every recorded model of the chosen profile (first recorded seed
+of each experiment) on this machine and writes results/bench/<device>/{inference.csv,
+training.csv, meta.json}, then renders figures/table2.md and figures/table2_speedup.{png,pdf}.
+Everything but the times is deterministic: the models, inputs (seeded) and FLOP counts.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from bayescomp.data import load_dataset  # noqa: E402
+from bayescomp.models import load_model  # noqa: E402
+from reproduce.bench import inference_bench, peak_training_memory, train_cost  # noqa: E402
+from reproduce.registry import DATASETS  # noqa: E402
+from reproduce.run import _git, artifact, result_dir, status  # noqa: E402
+from reproduce.spec import Suite  # noqa: E402
+from reproduce.tables import MODEL_TITLES  # noqa: E402
+
+TRAIN_METHODS = ("dense", "bc_gnj", "bc_ghs", "sparse_vd", "magnitude")  # DC and random train as magnitude
+TRAIN_SUBSET = {"lenet300": None, "lenet5_caffe": 5_000, "vgg_cifar": 2_560}  # images per timed epoch
+CPU_TRAIN_MODELS = ("lenet300", "lenet5_caffe")  # VGG's training cost is measured on a GPU only
+
+
+def recorded_models(suite: Suite, profile: str, root: Path) -> tuple[dict[str, dict[str, nn.Module]], list[str]]:
+    """model name -> {method label -> model} of the first current seed of each experiment with a
+    model file here; and the results used (for provenance)."""
+    models: dict[str, dict[str, nn.Module]] = {}
+    used = []
+    for exp_id in suite.ids("table1"):
+        spec = suite.resolve(exp_id, profile)
+        for s in spec.seeds:
+            f = artifact(result_dir(root, exp_id, profile, s), "model")
+            if status(root, spec, s) == "current" and f is not None:
+                label = "dense" if spec.method == "dense" else spec.label
+                models.setdefault(spec.model, {})[label] = load_model(f)
+                used.append(f"{exp_id} seed {s}")
+                break
+    return {m: v for m, v in models.items() if "dense" in v}, used
+
+
+def measure(suite: Suite, profile: str, root: Path, device: str, data_dir: str | None, threads: tuple[int, ...],
+            progress: bool = True) -> Path:
+    """Time everything; write results/bench/<device type>/. Returns that folder."""
+    dev = torch.device(device)
+    started = time.time()
+    models, used = recorded_models(suite, profile, root)
+    if not models:
+        raise FileNotFoundError(f"no recorded models under {root} for profile {profile!r}: run `python -m reproduce "
+                                f"table1 --profile {profile}` first")
+    shapes = {m: DATASETS[suite.resolve(f"{m}.dense", profile).dataset] for m in models}
+    rows = inference_bench(models, shapes, threads=threads, device=device, progress=progress)
+    train_rows = []
+    for model_name in models:
+        if dev.type == "cpu" and model_name not in CPU_TRAIN_MODELS:
+            continue
+        data = load_dataset(suite.resolve(f"{model_name}.dense", profile).dataset, data_dir)
+        costs = train_cost(data, model_name, list(TRAIN_METHODS), repeats=2, train_subset=TRAIN_SUBSET[model_name],
+                           device=device)
+        for row in costs:
+            row["peak_mb"] = peak_training_memory(model_name, row["method"], data, device=device)
+            row["train_images"] = TRAIN_SUBSET[model_name] or len(data.train_x)
+        train_rows += costs
+    out = root / "bench" / dev.type
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out / "inference.csv", index=False)
+    pd.DataFrame(train_rows).to_csv(out / "training.csv", index=False)
+    meta = {"device": dev.type, "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
+            else (platform.processor() or platform.machine()), "cpu_count": torch.get_num_threads(),
+            "threads": list(threads), "torch": torch.__version__, "python": platform.python_version(),
+            "git_commit": _git("rev-parse", "HEAD"), "models": used, "profile": profile,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": time.time() - started}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def render(root: Path, out_dir: Path) -> str:
+    """figures/table2.md and the speed-up figure from every results/bench/<device>/ present."""
+    parts = ["# Table 2 — measured speed of the compressed networks", "",
+             "Speed-up of a forward pass over the dense model (same device, threads and batch), with the "
+             "FLOP-ratio bound (dense multiply-adds / the variant's) and the share of the bound reached. "
+             "`structured`: the smaller dense network with pruned units removed; `sparse CSR`: the same with "
+             "its Linear layers stored as torch.sparse CSR (conv layers stay dense). Medians; the CSV beside "
+             "the results holds the interquartile ranges. Generated by `python -m reproduce table2`; do not edit.", ""]
+    frames = []
+    for folder in sorted((root / "bench").glob("*/")):
+        if not (folder / "inference.csv").exists():
+            continue
+        meta = json.loads((folder / "meta.json").read_text())
+        inf = pd.read_csv(folder / "inference.csv")
+        frames.append(inf)
+        parts += [f"## {meta['device'].upper()}: {meta['device_name']}", "",
+                  f"torch {meta['torch']}, commit {str(meta['git_commit'])[:10]}, {meta['finished'][:10]}, "
+                  f"models: {', '.join(meta['models'])}", ""]
+        for model_name, g in inf.groupby("model", sort=False):
+            g = g.assign(col=g.apply(lambda r: (f"{int(r.threads)} thr, " if pd.notna(r.threads) else "")
+                                     + f"batch {r.batch}", axis=1),
+                         cell=g.apply(lambda r: f"{r.speedup:.2f}× ({r.of_bound_pct:.0f} %)", axis=1))
+            table = g.pivot_table(index=["method", "variant", "flop_ratio"], columns="col", values="cell",
+                                  aggfunc="first", sort=False)
+            table = table.reset_index().rename(columns={"flop_ratio": "bound (FLOP ratio)"})
+            parts += [f"### {MODEL_TITLES.get(model_name, model_name)}", "",
+                      table.to_markdown(index=False, floatfmt=".2f"), ""]
+        train = folder / "training.csv"
+        if train.exists() and train.stat().st_size > 1:
+            tr = pd.read_csv(train)
+            parts += [f"### Training cost ({meta['device']})", "",
+                      "Seconds per epoch (`train_images` images, batch 128, the suite's one loop), ratio to the "
+                      "dense model measured side by side, and the memory a few training steps add at their peak "
+                      "(CPU: rise of the peak resident set in a fresh process; GPU: max allocated).", "",
+                      tr.to_markdown(index=False, floatfmt=".2f"), ""]
+    text = "\n".join(parts) + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "table2.md").write_text(text)
+    if frames:
+        _figure(pd.concat(frames), out_dir)
+    return text
+
+
+def _figure(inf: pd.DataFrame, out_dir: Path) -> None:
+    """Speed-up against the FLOP-ratio bound, one panel per device/threads, colour = batch size."""
+    inf = inf[inf["method"] != "dense"].copy()
+    inf["setting"] = inf.apply(lambda r: r.device.upper() + (f", {int(r.threads)} thread(s)" if pd.notna(r.threads)
+                                                             else ""), axis=1)
+    settings = list(dict.fromkeys(inf["setting"]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 4.2), squeeze=False)
+    markers = {"structured": "o", "sparse CSR": "x"}
+    for ax, setting in zip(axes[0], settings):
+        g = inf[inf["setting"] == setting]
+        for i, batch in enumerate(sorted(g["batch"].unique())):
+            for variant, mk in markers.items():
+                h = g[(g["batch"] == batch) & (g["variant"] == variant)]
+                ax.scatter(h["flop_ratio"], h["speedup"], color=f"C{i}", marker=mk, s=28,
+                           label=f"batch {batch}, {variant}")
+        lim = [0.5, max(2.0, float(inf["flop_ratio"].max()) * 1.5)]
+        ax.plot(lim, lim, color="0.5", lw=1, ls="--", label="bound (speed-up = FLOP ratio)")
+        ax.axhline(1.0, color="0.7", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("FLOP ratio dense / variant (the bound)")
+        ax.set_ylabel("measured speed-up over dense")
+        ax.set_title(setting, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    fig.suptitle("Compressed LeNets and VGG: measured speed-up vs FLOP-ratio bound", fontsize=10)
+    for ext in ("png", "pdf"):
+        fig.savefig(out_dir / f"table2_speedup.{ext}", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def summary(rows: pd.DataFrame) -> str:
+    """Acceptance line: share of the bound the structured BC models reach at the largest CPU batch."""
+    bc = rows[(rows["variant"] == "structured") & rows["method"].str.startswith("BC") & (rows["device"] == "cpu")]
+    bc = bc[bc["batch"] == bc.groupby("model")["batch"].transform("max")]
+    return "\n".join(f"{r.model} {r.method} {int(r.threads)} thread(s), batch {r.batch}: speed-up {r.speedup:.2f}x "
+                     f"of bound {r.flop_ratio:.2f}x = {r.of_bound_pct:.0f} %" for r in bc.itertuples())
+
+
+def measured_rows(root: Path, device: str) -> pd.DataFrame:
+    return pd.read_csv(root / "bench" / device / "inference.csv")
