@@ -16,15 +16,20 @@ import torch
 
 from bayescomp.data import DataError, load_dataset
 from bayescomp.train import TrainingDiverged
-from reproduce.bench import step_breakdown, train_cost
+from reproduce.bench import op_profile, step_breakdown, train_cost
 from reproduce.check import deviations, format_deviations, update_expected
-from reproduce.executors import EXECUTORS, plan_runs, report_failures
+from reproduce.executors import ExecutorUnavailable, LocalExecutor, plan_runs, report_failures
+from reproduce.ray_executor import RayExecutor
 from reproduce.figures import all_figures
+from reproduce.registry import DATASETS
 from reproduce.run import resolve_device, run_one, status
 from reproduce.spec import DEFAULT_TOML, SpecError, load_suite
 from reproduce.sweep import sweep
 from reproduce import table2
 from reproduce.tables import embed, render_sweeps, render_table1, render_wall_times
+
+
+EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="use (and complete) the runs in --results-dir instead of a fresh folder")
     for p in (p_t1, p_ck):
         p.add_argument("--jobs", type=int, default=1, help="independent runs side by side (default 1)")
-        p.add_argument("--executor", choices=sorted(EXECUTORS), default="local")
+        p.add_argument("--executor", choices=sorted(EXECUTORS), default="local",
+                       help="local (default): this machine, --jobs N processes; ray: a Ray cluster (pip install '.[ray]')")
+        p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
         p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and CIFAR10/ (or set BAYESCOMP_DATA)")
         p.add_argument("--no-progress", action="store_true")
@@ -69,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p_t2.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p_t2.add_argument("--threads", default="1,2", help="CPU thread counts to time (default 1,2)")
     p_t2.add_argument("--no-measure", action="store_true", help="only render the recorded results/bench/")
+    p_t2.add_argument("--op-profile", metavar="MODEL", default=None,
+                      help="instead: ms per operator of MODEL's recorded models at batch 1024, 1 thread")
     p_t2.add_argument("--data-dir", default=None)
     p_t2.add_argument("--no-progress", action="store_true")
     p_sw = sub.add_parser("sweep", parents=[common], help="accuracy vs compression of a recorded Bayesian run")
@@ -123,13 +132,24 @@ def main(argv: list[str] | None = None) -> int:
                 embed(doc, "sweeps", sweeps)
                 embed(doc, "walltimes", render_wall_times(suite, args.profile, args.results_dir))
                 print("(updated the generated blocks of REPRODUCING.md)", file=sys.stderr)
+        elif args.verb == "table2" and args.op_profile:
+            models, _ = table2.recorded_models(suite, args.profile, args.results_dir)
+            if args.op_profile not in models:
+                raise ValueError(f"--op-profile {args.op_profile}: no recorded models; with models: {', '.join(models)}")
+            shape = DATASETS[suite.resolve(f"{args.op_profile}.dense", args.profile).dataset]
+            frame = op_profile(models[args.op_profile], shape)
+            print(f"self CPU ms per forward pass, batch 1024, 1 thread ({args.op_profile}, inference form):")
+            print(frame.to_string(float_format=lambda v: f"{v:.2f}"))
         elif args.verb == "table2":
             if not args.no_measure:
                 resolve_device(args.device)
                 folder = table2.measure(suite, args.profile, args.results_dir, args.device, args.data_dir,
                                         tuple(int(t) for t in args.threads.split(",")), progress=not args.no_progress)
                 print(table2.summary(table2.measured_rows(args.results_dir, folder.name)), file=sys.stderr)
-            print(table2.render(args.results_dir, args.figures_dir), end="")
+            text = table2.render(args.results_dir, args.figures_dir)
+            print(text, end="")
+            if embed(args.figures_dir.parent / "REPRODUCING.md", "table2", text.split("\n", 2)[2]):
+                print("(updated the table2 block of REPRODUCING.md)", file=sys.stderr)
         elif args.verb == "check":
             return _check(args, suite)
         elif args.verb == "sweep":
@@ -156,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             steps = step_breakdown(args.model, args.methods.split(","), input_shape=shape)
             print("\nper training step, by phase (random batch of 128):")
             print(pd.DataFrame(steps).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    except (SpecError, DataError, TrainingDiverged, ValueError, FileNotFoundError) as e:
+    except (SpecError, DataError, TrainingDiverged, ValueError, FileNotFoundError, ExecutorUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -165,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _executor(args: argparse.Namespace, threads: int | None = None):
-    return EXECUTORS[args.executor](jobs=args.jobs, threads=threads)
+def _executor(args: argparse.Namespace, threads: int | None = None) -> LocalExecutor | RayExecutor:
+    if args.executor == "ray":
+        return RayExecutor(threads=threads, address=args.address)
+    return LocalExecutor(jobs=args.jobs, threads=threads)
 
 
 def _check(args: argparse.Namespace, suite) -> int:

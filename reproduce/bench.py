@@ -291,3 +291,28 @@ def _train_steps(model_name: str, method_name: str, data: ImageData, batch_size:
     method = METHODS[method_name]()
     model = MODELS[model_name](layers=method.layers(), mean=data.mean, std=data.std)
     fit(model, method, data, TrainConfig(epochs=1, batch_size=batch_size), seed=0, device=device, progress=False)
+
+
+def op_profile(models: dict[str, nn.Module], input_shape: tuple[int, ...], batch: int = 1024, threads: int = 1,
+               reps: int = 20) -> Any:
+    """Self CPU milliseconds per forward pass, by operator (torch.profiler), for each model (in its
+    inference form): where the time goes when a speed-up falls short of its FLOP ratio."""
+    import pandas as pd
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0))
+    cols = {}
+    for label, model in models.items():
+        net = inference_form(model)
+        with torch.inference_mode():
+            for _ in range(3):
+                net(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(reps):
+                    net(x)
+        cols[label] = {e.key: e.self_cpu_time_total / 1000 / reps for e in prof.key_averages()}
+    frame = pd.DataFrame(cols).fillna(0.0)
+    frame = frame[frame.max(axis=1) >= 0.05].sort_values(frame.columns[0], ascending=False)
+    frame.loc["total"] = frame.sum()
+    return frame

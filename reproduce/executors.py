@@ -30,6 +30,10 @@ from reproduce.spec import RunSpec, Suite, load_suite
 TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000}  # images in the official training split
 
 
+class ExecutorUnavailable(RuntimeError):
+    """The chosen executor cannot run here (its engine is not installed or not reachable)."""
+
+
 @dataclass(frozen=True)
 class Task:
     exp_id: str
@@ -176,9 +180,6 @@ def _timed(task: Task, fn) -> Outcome:
         raise
     except Exception as e:  # reported by the caller with the task's name
         return Outcome(task, None, f"{type(e).__name__}: {e}", time.time() - t0)
-
-
-EXECUTORS = {"local": LocalExecutor}
 
 
 def report_failures(outcomes: list[Outcome]) -> int:

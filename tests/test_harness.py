@@ -124,3 +124,14 @@ def test_bad_published_row_is_a_clear_error(tmp_path, capsys, bad, message):
     spec.write_text(TINY + bad)
     assert main(["list", "--spec", str(spec)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    spec = tmp_path / "e.toml"
+    spec.write_text(TINY)
+    assert main(["table1", "--profile", "quick", "--executor", "ray", *_args(spec, tmp_path)]) == 2
+    assert "pip install '.[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
