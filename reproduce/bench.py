@@ -180,30 +180,35 @@ def weight_macs(model: nn.Module, input_shape: tuple[int, ...], *, nonzero: bool
     return total
 
 
-def time_forward(model: nn.Module, x: Tensor, min_seconds: float = 0.25, min_reps: int = 7,
-                 max_reps: int = 500) -> dict[str, float]:
-    """Median and interquartile range (ms) of one forward pass: warm-up, then repetitions until
-    min_seconds have passed (at least min_reps), each synchronised on a GPU."""
+def time_forwards(nets: list[nn.Module], x: Tensor, seconds: float = 0.5, min_reps: int = 9,
+                  max_reps: int = 300) -> list[dict[str, float]]:
+    """Median and interquartile range (ms) of one forward pass of each net on x. After 3 warm-up
+    passes each, the nets take turns (one pass each per round, synchronised on a GPU), for as many
+    rounds as fit `seconds` for the slowest (at least min_reps): slow drifts of the machine's speed
+    then hit every net alike, and the ratios between them stay robust."""
     cuda = x.device.type == "cuda"
 
-    def once() -> float:
+    def once(net: nn.Module) -> float:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        model(x)
+        net(x)
         if cuda:
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) * 1000
 
     with torch.inference_mode():
-        for _ in range(3):
-            once()
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_seconds):
-            times.append(once())
-    q1, med, q3 = statistics.quantiles(times, n=4)
-    return {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "reps": len(times)}
+        slowest = max(min(once(net) for _ in range(3)) for net in nets)
+        rounds = int(min(max_reps, max(min_reps, seconds * 1000 / max(slowest, 1e-3))))
+        times: list[list[float]] = [[] for _ in nets]
+        for _ in range(rounds):
+            for i, net in enumerate(nets):
+                times[i].append(once(net))
+    out = []
+    for t in times:
+        q1, med, q3 = statistics.quantiles(t, n=4)
+        out.append({"median_ms": med, "q1_ms": q1, "q3_ms": q3, "reps": len(t)})
+    return out
 
 
 def inference_bench(models: dict[str, dict[str, nn.Module]], input_shapes: dict[str, tuple[int, ...]],
@@ -226,19 +231,21 @@ def inference_bench(models: dict[str, dict[str, nn.Module]], input_shapes: dict[
                 jobs.append((model_name, method, variant, net.to(dev).eval(), macs, dense_macs))
     cpu_threads = threads if dev.type == "cpu" else (torch.get_num_threads(),)
     rows = []
-    bar = tqdm(total=len(jobs) * len(cpu_threads) * 3, disable=not progress, desc="table2 inference", unit="timing")
+    groups = {m: [j for j in jobs if j[0] == m] for m in models}  # every form of one model, timed in turns
+    bar = tqdm(total=len(cpu_threads) * sum(len(BATCH_SIZES[m]) for m in groups), disable=not progress,
+               desc="table2 inference", unit="group")
     saved_threads = torch.get_num_threads()
     try:
         for n_threads in cpu_threads:
             torch.set_num_threads(n_threads)
-            for model_name, method, variant, net, macs, dense_macs in jobs:
+            for model_name, group in groups.items():
                 for batch in BATCH_SIZES[model_name]:
                     gen = torch.Generator().manual_seed(batch)
                     x = torch.rand(batch, *input_shapes[model_name], generator=gen).to(dev)
-                    t = time_forward(net, x)
-                    rows.append({"model": model_name, "method": method, "variant": variant, "device": dev.type,
-                                 "threads": n_threads if dev.type == "cpu" else None, "batch": batch, **t,
-                                 "macs_per_image": macs, "flop_ratio": dense_macs / macs})
+                    for (_, method, variant, _, macs, dense_macs), t in zip(group, time_forwards([j[3] for j in group], x)):
+                        rows.append({"model": model_name, "method": method, "variant": variant, "device": dev.type,
+                                     "threads": n_threads if dev.type == "cpu" else None, "batch": batch, **t,
+                                     "macs_per_image": macs, "flop_ratio": dense_macs / macs})
                     bar.update(1)
     finally:
         torch.set_num_threads(saved_threads)
