@@ -79,7 +79,8 @@ def measure(suite: Suite, profile: str, root: Path, device: str, data_dir: str |
     meta = {"device": dev.type, "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
             else (platform.processor() or platform.machine()), "cpu_count": torch.get_num_threads(),
             "threads": list(threads), "torch": torch.__version__, "python": platform.python_version(),
-            "git_commit": _git("rev-parse", "HEAD"), "models": used, "profile": profile,
+            "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "models": used, "profile": profile,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": time.time() - started}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
@@ -101,7 +102,8 @@ def render(root: Path, out_dir: Path) -> str:
         inf = pd.read_csv(folder / "inference.csv")
         frames.append(inf)
         parts += [f"## {meta['device'].upper()}: {meta['device_name']}", "",
-                  f"torch {meta['torch']}, commit {str(meta['git_commit'])[:10]}, {meta['finished'][:10]}, "
+                  f"torch {meta['torch']}, commit {str(meta['git_commit'])[:10]}{' (dirty)' if meta.get('git_dirty') else ''}, "
+                  f"{meta['finished'][:10]}, {meta['wall_seconds'] / 60:.1f} min, "
                   f"models: {', '.join(meta['models'])}", ""]
         for model_name, g in inf.groupby("model", sort=False):
             g = g.assign(col=g.apply(lambda r: (f"{int(r.threads)} thr, " if pd.notna(r.threads) else "")
