@@ -103,8 +103,8 @@ class SparseLinear(nn.Module):
         w = layer.weight.detach()
         with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
             warnings.simplefilter("ignore", UserWarning)
-            self.weight = w.to_sparse_csr()
-        self.bias = layer.bias.detach() if layer.bias is not None else None
+            self.register_buffer("weight", w.to_sparse_csr())  # buffers: .to(device) moves them
+        self.register_buffer("bias", layer.bias.detach().clone() if layer.bias is not None else None)
         self.nnz = int(w.count_nonzero())
 
     def forward(self, x: Tensor) -> Tensor:
