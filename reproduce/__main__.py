@@ -46,10 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--profile", default="paper")
     p_run.add_argument("--seed", type=int, action="append", help="run only this seed (repeatable)")
     p_run.add_argument("--force", action="store_true", help="rerun even if current results exist")
-    for p in (p_run,):
-        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-        p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and CIFAR10/ (or set BAYESCOMP_DATA)")
-        p.add_argument("--no-progress", action="store_true")
     p_t1 = sub.add_parser("table1", parents=[common],
                           help="train the missing rows of Table 1, then render figures/table1.{md,csv,tex}")
     p_t1.add_argument("--profile", default="paper")
@@ -62,14 +58,15 @@ def main(argv: list[str] | None = None) -> int:
                       help="write the measured values as the expected ones (after a deliberate change)")
     p_ck.add_argument("--reuse", action="store_true",
                       help="use (and complete) the runs in --results-dir instead of a fresh folder")
-    for p in (p_t1, p_ck):
+    for p in (p_run, p_t1, p_ck):  # the verbs that train
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+        p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and CIFAR10/ (or set BAYESCOMP_DATA)")
+        p.add_argument("--no-progress", action="store_true")
+    for p in (p_t1, p_ck):  # the verbs that run a plan
         p.add_argument("--jobs", type=int, default=1, help="independent runs side by side (default 1)")
         p.add_argument("--executor", choices=sorted(EXECUTORS), default="local",
                        help="local (default): this machine, --jobs N processes; ray: a Ray cluster (pip install '.[ray]')")
         p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
-        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-        p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and CIFAR10/ (or set BAYESCOMP_DATA)")
-        p.add_argument("--no-progress", action="store_true")
     p_t2 = sub.add_parser("table2", parents=[common],
                           help="time the recorded models (dense, structured, sparse CSR) and training; figures/table2.md")
     p_t2.add_argument("--profile", default="paper")

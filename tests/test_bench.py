@@ -53,8 +53,7 @@ def test_table2_times_recorded_models_and_renders(tmp_path, data_dir, monkeypatc
 
     import reproduce.table2
     from reproduce.__main__ import main
-    from tests.test_harness import BC
-    from tests.test_reproduce import TINY
+    from tests.test_reproduce import BC, TINY
 
     monkeypatch.setattr(reproduce.table2, "TRAIN_SUBSET", {"lenet300": 256})
     monkeypatch.setattr(reproduce.table2, "TRAIN_METHODS", ("dense", "bc_ghs"))

@@ -10,20 +10,8 @@ import pytest
 
 import reproduce.run
 from reproduce.__main__ import main
-from tests.test_reproduce import TINY
+from tests.test_reproduce import BC, TINY
 
-BC = '''
-[[experiment]]
-id = "lenet300.bc_ghs"
-label = "BC-GHS"
-table = "table1"
-model = "lenet300"
-dataset = "mnist"
-method = "bc_ghs"
-pretrain = "lenet300.dense"
-epochs = 1
-batch_size = 64
-'''
 PUBLISHED = '''
 [[published]]
 model = "lenet300"

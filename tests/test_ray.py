@@ -14,8 +14,7 @@ from reproduce.__main__ import main
 from reproduce.executors import plan_runs
 from reproduce.ray_executor import RayExecutor, run_packed
 from reproduce.spec import load_suite
-from tests.test_harness import BC
-from tests.test_reproduce import REPO, TINY
+from tests.test_reproduce import BC, REPO, TINY
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -50,6 +49,15 @@ def _spec(tmp_path: Path) -> Path:
     return spec
 
 
+def _run_plan(task_fn, tmp_path: Path, data_dir: Path) -> list:
+    """The tiny grid's plan through a RayExecutor with `task_fn` on each worker; its outcomes."""
+    spec = _spec(tmp_path)
+    suite = load_suite(spec)
+    plan = plan_runs(suite, "quick", tmp_path / "r", suite.ids(), gpu=False)
+    return RayExecutor(task_fn=task_fn).run(plan, spec, tmp_path / "r", device="cpu", data_dir=str(data_dir),
+                                            progress=False)
+
+
 def _rows(table: Path) -> list[str]:
     return [line for line in table.read_text().splitlines() if line.startswith("| LeNet")]
 
@@ -71,22 +79,14 @@ def test_ray_gives_the_same_results_and_table_as_local(cluster, tmp_path, data_d
 
 
 def test_a_worker_killed_mid_run_is_retried_and_the_grid_completes(cluster, tmp_path, data_dir):
-    spec = _spec(tmp_path)
-    suite = load_suite(spec)
-    plan = plan_runs(suite, "quick", tmp_path / "r", suite.ids(), gpu=False)
-    outcomes = RayExecutor(task_fn=die_on_first_attempt).run(plan, spec, tmp_path / "r", device="cpu",
-                                                             data_dir=str(data_dir), progress=False)
+    outcomes = _run_plan(die_on_first_attempt, tmp_path, data_dir)
     assert [o.error for o in outcomes] == [None, None]
     assert (cluster / "lenet300.dense-seed0").read_text() == "attempt 2"
     assert (tmp_path / "r" / "lenet300.bc_ghs" / "quick" / "seed0" / "metrics.json").exists()
 
 
 def test_a_run_failing_twice_is_reported_with_its_traceback_and_leaves_nothing(cluster, tmp_path, data_dir):
-    spec = _spec(tmp_path)
-    suite = load_suite(spec)
-    plan = plan_runs(suite, "quick", tmp_path / "r", suite.ids(), gpu=False)
-    outcomes = RayExecutor(task_fn=always_fails).run(plan, spec, tmp_path / "r", device="cpu",
-                                                     data_dir=str(data_dir), progress=False)
+    outcomes = _run_plan(always_fails, tmp_path, data_dir)
     assert len(outcomes) == 1 and "boom in lenet300.dense" in outcomes[0].error
     assert "test_ray.py\", line" in outcomes[0].error and "in always_fails" in outcomes[0].error  # the traceback
     assert "\x1b[" not in outcomes[0].error

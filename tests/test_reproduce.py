@@ -34,6 +34,18 @@ batch_size = 64
 [experiment.targets]
 error_pct = { value = 1.6, tol = 0.2, tag = "M", source = "test" }
 '''
+BC = '''
+[[experiment]]
+id = "lenet300.bc_ghs"
+label = "BC-GHS"
+table = "table1"
+model = "lenet300"
+dataset = "mnist"
+method = "bc_ghs"
+pretrain = "lenet300.dense"
+epochs = 1
+batch_size = 64
+'''  # a BC experiment pretrained from TINY's dense one
 
 
 @pytest.fixture
@@ -112,18 +124,7 @@ def test_kill_9_mid_run_then_restart_resumes(tmp_path, data_dir):
 
 def test_bc_run_with_pretraining_then_table_and_figures(tmp_path, data_dir):
     spec_file = tmp_path / "e.toml"
-    spec_file.write_text(TINY + '''
-[[experiment]]
-id = "lenet300.bc_ghs"
-label = "BC-GHS"
-table = "table1"
-model = "lenet300"
-dataset = "mnist"
-method = "bc_ghs"
-pretrain = "lenet300.dense"
-epochs = 1
-batch_size = 64
-''')
+    spec_file.write_text(TINY + BC)
     results, figures = tmp_path / "results", tmp_path / "figures"
     common = ["--spec", str(spec_file), "--results-dir", str(results), "--figures-dir", str(figures)]
     assert main(["run", "lenet300.bc_ghs", "--profile", "quick", "--data-dir", str(data_dir), "--no-progress",
