@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p_t2.add_argument("--threads", default="1,2", help="CPU thread counts to time (default 1,2)")
     p_t2.add_argument("--no-measure", action="store_true", help="only render the recorded results/bench/")
     p_t2.add_argument("--op-profile", metavar="MODEL", default=None,
-                      help="instead: ms per operator of MODEL's recorded models at batch 1024, 1 thread")
+                      help="instead: ms per operator of MODEL's recorded models at batch 1024, 1 thread "
+                           "(also written to results/bench/cpu/op_profile_MODEL.csv)")
     p_t2.add_argument("--data-dir", default=None)
     p_t2.add_argument("--no-progress", action="store_true")
     p_sw = sub.add_parser("sweep", parents=[common], help="accuracy vs compression of a recorded Bayesian run")
@@ -135,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--op-profile {args.op_profile}: no recorded models; with models: {', '.join(models)}")
             shape = DATASETS[suite.resolve(f"{args.op_profile}.dense", args.profile).dataset]
             frame = op_profile(models[args.op_profile], shape)
-            print(f"self CPU ms per forward pass, batch 1024, 1 thread ({args.op_profile}, inference form):")
+            out = args.results_dir / "bench" / "cpu" / f"op_profile_{args.op_profile}.csv"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(out, index_label="operator")
+            print(f"self CPU ms per forward pass, batch 1024, 1 thread ({args.op_profile}, inference form; {out}):")
             print(frame.to_string(float_format=lambda v: f"{v:.2f}"))
         elif args.verb == "table2":
             if not args.no_measure:
