@@ -21,6 +21,7 @@ from reproduce.check import deviations, format_deviations, update_expected
 from reproduce.executors import ExecutorUnavailable, LocalExecutor, plan_runs, report_failures
 from reproduce.ray_executor import RayExecutor
 from reproduce.figures import all_figures
+from reproduce.migrate import migrate
 from reproduce.registry import DATASETS
 from reproduce.run import resolve_device, run_one, status
 from reproduce.spec import DEFAULT_TOML, SpecError, load_suite
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p_sw.add_argument("--profile", default="paper")
     p_sw.add_argument("--seed", type=int, action="append")
     p_sw.add_argument("--data-dir", default=None)
+    sub.add_parser("migrate", parents=[common],
+                   help="bring recorded results up to a changed spec hash where nothing they were built from changed")
     p_fig = sub.add_parser("figures", parents=[common], help="plots from recorded results (never trains)")
     p_fig.add_argument("--profile", default="paper")
     p_bt = sub.add_parser("bench-train", parents=[common], help="epoch time of methods vs dense, side by side")
@@ -163,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                 frame = sweep(spec, seed, args.results_dir, data)
                 print(f"{spec.id} [{spec.profile}] seed {seed}:")
                 print(frame.drop(columns=["thresholds"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        elif args.verb == "migrate":
+            for exp_id, prof, seed, outcome in migrate(suite, args.results_dir):
+                print(f"{exp_id:<28} {prof:<6} seed{seed}: {outcome}")
         elif args.verb == "figures":
             for path in all_figures(suite, args.profile, args.results_dir, args.figures_dir):
                 print(path)

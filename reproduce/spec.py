@@ -55,18 +55,27 @@ class RunSpec:
     needs_gpu: bool = False  # table1 does not train it on a machine without one
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     expected: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pretrain_hash: str | None = None  # the resolved pretrain's own hash (which covers its pretrain, and so on)
 
     def hashed_content(self) -> dict[str, Any]:
-        """What determines the results of a run (seed aside)."""
-        return {"format": RESULTS_FORMAT, "id": self.id, "model": self.model, "dataset": self.dataset,
-                "method": self.method, "method_args": self.method_args, "train": dataclasses.asdict(self.train),
-                "train_subset": self.train_subset, "test_subset": self.test_subset, "val_size": self.val_size,
-                "pretrain": self.pretrain}
+        """What determines the results of a run (seed aside), including what its pretrain was built from."""
+        content = {"format": RESULTS_FORMAT, "id": self.id, "model": self.model, "dataset": self.dataset,
+                   "method": self.method, "method_args": self.method_args, "train": dataclasses.asdict(self.train),
+                   "train_subset": self.train_subset, "test_subset": self.test_subset, "val_size": self.val_size,
+                   "pretrain": self.pretrain}
+        if self.pretrain is not None:
+            content["pretrain_hash"] = self.pretrain_hash
+        return content
 
     @property
     def hash(self) -> str:
-        blob = json.dumps(self.hashed_content(), sort_keys=True, default=list)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return content_hash(self.hashed_content())
+
+
+def content_hash(content: dict[str, Any]) -> str:
+    """The 16-hex-digit hash of a spec's hashed content."""
+    blob = json.dumps(content, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ class Suite:
     def ids(self, table: str | None = None) -> list[str]:
         return [i for i, e in self.experiments.items() if table is None or e.get("table") == table]
 
-    def resolve(self, exp_id: str, profile: str) -> RunSpec:
+    def resolve(self, exp_id: str, profile: str, _resolving: frozenset[str] = frozenset()) -> RunSpec:
         if exp_id not in self.experiments:
             raise SpecError(f"unknown experiment {exp_id!r}; valid: {', '.join(self.experiments)}")
         if profile not in self.profiles:
@@ -97,7 +106,14 @@ class Suite:
         except (TypeError, ValueError) as e:
             raise SpecError(f"experiment {exp_id!r}, profile {profile!r}: {e}") from e
         expected = merged.pop("expected", {}).get(profile, {})
-        return RunSpec(id=exp_id, profile=profile, label=merged.pop("label", exp["method"]),
+        pretrain = merged.get("pretrain")
+        if pretrain is not None and pretrain not in self.experiments:
+            raise SpecError(f"experiment {exp_id!r}: pretrain {pretrain!r} is not an experiment id; "
+                            f"valid: {', '.join(self.experiments)}")
+        if pretrain is not None and pretrain in _resolving:
+            raise SpecError(f"experiment {exp_id!r}: pretrain chain loops back to {pretrain!r}")
+        pretrain_hash = None if pretrain is None else self.resolve(pretrain, profile, _resolving | {exp_id}).hash
+        return RunSpec(pretrain_hash=pretrain_hash, id=exp_id, profile=profile, label=merged.pop("label", exp["method"]),
                        table=merged.pop("table", ""), model=merged.pop("model"), dataset=merged.pop("dataset"),
                        method=merged.pop("method"), method_args=dict(merged.pop("method_args", {})), train=cfg,
                        seeds=tuple(merged.pop("seeds", (0,))), expected=expected,
@@ -153,8 +169,6 @@ def load_suite(path: Path = DEFAULT_TOML) -> Suite:
                 fields = [f.name for f in dataclasses.fields(METHODS[spec.method])]
                 raise SpecError(f"experiment {exp_id!r}: bad method_args for {spec.method!r} ({e}); "
                                 f"valid keys: {', '.join(fields) or '(none)'}") from e
-            if spec.pretrain is not None and spec.pretrain not in experiments:
-                raise SpecError(f"experiment {exp_id!r}: pretrain {spec.pretrain!r} is not an experiment id")
     return suite
 
 

@@ -1,0 +1,76 @@
+"""A result is current only if what it was built from is current; recorded results migrate, not retrain."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reproduce.__main__ import main
+from reproduce.migrate import migrate
+from reproduce.run import result_dir, status
+from reproduce.spec import content_hash, load_suite
+from tests.test_reproduce import BC, TINY
+
+
+def _record(root: Path, spec, seed: int, spec_hash: str, finished: str, wall: float) -> None:
+    """A results folder as run_one leaves it (only what status and migrate read)."""
+    d = result_dir(root, spec.id, spec.profile, seed)
+    d.mkdir(parents=True)
+    content = {k: v for k, v in spec.hashed_content().items() if k != "pretrain_hash"}
+    (d / "spec.json").write_text(json.dumps({"spec_hash": spec_hash, "spec": content, "finished": finished,
+                                             "wall_seconds": wall}))
+    (d / "history.csv").write_text("epoch\n1\n")
+    (d / "metrics.json").write_text("{}")
+
+
+def test_a_changed_pretrain_spec_makes_its_dependents_stale(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC)
+    before = load_suite(path).resolve("lenet300.bc_ghs", "quick")
+    path.write_text((TINY + BC).replace("epochs = 2", "epochs = 3", 1))  # only the dense experiment changes
+    after = load_suite(path).resolve("lenet300.bc_ghs", "quick")
+    assert before.hashed_content()["pretrain"] == after.hashed_content()["pretrain"]
+    assert before.hash != after.hash
+    root = tmp_path / "results"
+    _record(root, before, 0, before.hash, "2026-01-01T10:00:00+0000", 60)
+    assert status(root, before, 0) == "current" and status(root, after, 0) == "stale"
+
+
+def test_migrate_records_the_pretrain_hash_only_where_the_pretrain_is_unchanged(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC)
+    suite = load_suite(path)
+    dense, bc = suite.resolve("lenet300.dense", "quick"), suite.resolve("lenet300.bc_ghs", "quick")
+    old_bc_hash = content_hash({k: v for k, v in bc.hashed_content().items() if k != "pretrain_hash"})
+    root = tmp_path / "results"
+    # seed 0: dense recorded before the BC run started -> migrated
+    _record(root, dense, 0, dense.hash, "2026-01-01T10:00:00+0000", 30)
+    _record(root, bc, 0, old_bc_hash, "2026-01-01T11:00:00+0000", 600)
+    # seed 1: dense re-recorded after the BC run started -> the BC run used another model: stays stale
+    _record(root, dense, 1, dense.hash, "2026-01-01T12:00:00+0000", 30)
+    _record(root, bc, 1, old_bc_hash, "2026-01-01T11:00:00+0000", 600)
+    # seed 2: dense recorded under another spec -> stays stale
+    _record(root, dense, 2, "0123456789abcdef", "2026-01-01T10:00:00+0000", 30)
+    _record(root, bc, 2, old_bc_hash, "2026-01-01T11:00:00+0000", 600)
+    assert [status(root, bc, s) for s in (0, 1, 2)] == ["stale"] * 3
+
+    outcomes = {(i, s): o for i, _, s, o in migrate(suite, root)}
+    assert outcomes[("lenet300.bc_ghs", 0)] == "migrated"
+    assert "recorded after this run started" in outcomes[("lenet300.bc_ghs", 1)]
+    assert "not current" in outcomes[("lenet300.bc_ghs", 2)]
+    assert [status(root, bc, s) for s in (0, 1, 2)] == ["current", "stale", "stale"]
+    record = json.loads((result_dir(root, bc.id, "quick", 0) / "spec.json").read_text())
+    assert record["spec"]["pretrain_hash"] == dense.hash
+    assert record["migrations"][0]["from"] == old_bc_hash
+    again = {(i, s): o for i, _, s, o in migrate(suite, root)}  # idempotent
+    assert again[("lenet300.bc_ghs", 0)] == "current" and again[("lenet300.bc_ghs", 1)] == outcomes[("lenet300.bc_ghs", 1)]
+
+
+def test_migrate_verb_prints_one_line_per_folder(tmp_path, capsys):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC)
+    suite = load_suite(path)
+    dense = suite.resolve("lenet300.dense", "quick")
+    _record(tmp_path / "results", dense, 0, dense.hash, "2026-01-01T10:00:00+0000", 30)
+    assert main(["migrate", "--spec", str(path), "--results-dir", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "lenet300.dense" in out and "seed0: current" in out
