@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,14 @@ SCHEDULES = ("constant", "cosine", "step", "linear")
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class TrainingPaused(Exception):
+    """The run stopped cleanly at an epoch boundary (its deadline): its checkpoint is the resume point."""
+
+    def __init__(self, epochs_done: int, epochs: int, checkpoint: Path) -> None:
+        super().__init__(f"paused after epoch {epochs_done}/{epochs}; resume point {checkpoint}")
+        self.epochs_done, self.epochs, self.checkpoint = epochs_done, epochs, checkpoint
 
 
 @dataclass(frozen=True)
@@ -62,8 +71,15 @@ class TrainConfig:
 
 def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, seed: int,
         device: torch.device | str = "cpu", checkpoint: Path | None = None, progress: bool = True,
-        train_subset: int | None = None, test_subset: int | None = None) -> list[dict[str, Any]]:
-    """Train `model` in place; return one history row per epoch. Resumes from `checkpoint` if it exists."""
+        train_subset: int | None = None, test_subset: int | None = None,
+        deadline: float | None = None) -> list[dict[str, Any]]:
+    """Train `model` in place; return one history row per epoch. Resumes from `checkpoint` if it exists.
+
+    deadline (a `time.time()` value): after an epoch's checkpoint, if the next epoch would end past it,
+    raise `TrainingPaused`; rerunning with the same checkpoint continues exactly where it stopped.
+    """
+    if deadline is not None and checkpoint is None:
+        raise ValueError("a deadline needs a checkpoint to resume from")
     device = torch.device(device)
     model.to(device)
     if device.type == "cuda":
@@ -129,12 +145,16 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
         test_err = evaluate(model, test_x, test_y, device)
         history.append({"epoch": epoch + 1, "train_loss": loss_m, "train_nll": nll_m, "penalty_per_n": pen_m,
                         "kl_beta": beta, "train_error_pct": 100 * wrong, "test_error_pct": test_err,
-                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+                        "host": platform.node(), "cpu_capability": torch.backends.cpu.get_cpu_capability()})
         bar.set_postfix(loss=f"{loss_m:.4f}", test_err=f"{test_err:.2f}%")
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                           "scheduler": sched.state_dict() if sched is not None else None,
                                           "history": history, "epoch": epoch + 1})
+            if deadline is not None and epoch + 1 < cfg.epochs and time.time() + history[-1]["seconds"] > deadline:
+                bar.close()
+                raise TrainingPaused(epoch + 1, cfg.epochs, checkpoint)
     bar.close()
     return history
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,22 @@ def load_result(root: Path, spec: RunSpec, seed: int) -> dict[str, Any]:
     return json.loads((result_dir(root, spec.id, spec.profile, seed) / "metrics.json").read_text())
 
 
+def parse_deadline(when: str, now: float | None = None) -> float:
+    """A `time.time()` value from '+90m', '+2h', '+3600s', 'HH:MM' (next such local time) or an ISO time."""
+    now = time.time() if now is None else now
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if when.startswith("+") and when[-1] in units:
+            return now + float(when[1:-1]) * units[when[-1]]
+        if len(when) == 5 and when[2] == ":":
+            t = datetime.fromtimestamp(now).replace(hour=int(when[:2]), minute=int(when[3:]), second=0, microsecond=0)
+            return t.timestamp() + (86400 if t.timestamp() <= now else 0)
+        return datetime.fromisoformat(when).timestamp()
+    except ValueError:
+        raise ValueError(f"--stop-at {when!r}: not a time; give +90m, +2h, +3600s, HH:MM or an ISO time "
+                         "like 2026-11-29T01:10") from None
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,8 +90,14 @@ def resolve_device(device: str) -> torch.device:
 
 
 def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str = "auto",
-            data_dir: str | None = None, progress: bool = True, force: bool = False) -> dict[str, Any]:
-    """Run (or resume) one seed of `spec` and record it; returns its metrics. Skips current results."""
+            data_dir: str | None = None, progress: bool = True, force: bool = False,
+            deadline: float | None = None) -> dict[str, Any]:
+    """Run (or resume) one seed of `spec` and record it; returns its metrics. Skips current results.
+
+    deadline (a `time.time()` value): stop at the last epoch boundary before it, raising
+    `bayescomp.train.TrainingPaused`; the checkpoint in results/.work/ is the resume point (committed
+    with the repository for `paper` runs) and the same call continues from it, on any machine.
+    """
     out = result_dir(root, spec.id, spec.profile, seed)
     if not force and status(root, spec, seed) == "current":
         return load_result(root, spec, seed)
@@ -88,7 +111,7 @@ def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str =
             shutil.rmtree(work)  # checkpoint of another spec: start over
         work.mkdir(exist_ok=True)
         (work / "spec_hash").write_text(spec.hash)
-        return _run_locked(suite, spec, seed, root, dev, work, out, device, data_dir, progress)
+        return _run_locked(suite, spec, seed, root, dev, work, out, device, data_dir, progress, deadline)
 
 
 @contextlib.contextmanager
@@ -104,7 +127,7 @@ def _exclusive(lock: Path):
 
 
 def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.device, work: Path, out: Path,
-                device: str, data_dir: str | None, progress: bool) -> dict[str, Any]:
+                device: str, data_dir: str | None, progress: bool, deadline: float | None) -> dict[str, Any]:
     started = time.time()
     commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
     data = load_dataset(spec.dataset, data_dir, val_size=spec.val_size)
@@ -118,12 +141,13 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
         if regenerate:  # recorded by its metrics only (a large model is not in git): train it again
             print(f"{pre_spec.id} seed {seed}: model file not here (only its metrics are recorded); "
                   "retraining it", file=sys.stderr)
-        run_one(suite, pre_spec, seed, root, device=device, data_dir=data_dir, progress=progress, force=regenerate)
+        run_one(suite, pre_spec, seed, root, device=device, data_dir=data_dir, progress=progress, force=regenerate,
+                deadline=deadline)
         pre_model = artifact(pre_dir, "model")
         assert pre_model is not None
         method.init_from_pretrained(model, load_model(pre_model))  # type: ignore[attr-defined]
     history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / "checkpoint.pt",
-                  progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset)
+                  progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset, deadline=deadline)
     compressed = method.compress(model, data.subset(spec.train_subset, spec.test_subset))  # the run's own data
     metrics, small = summarize(compressed, data, spec.model, dev, test_subset=spec.test_subset)
     record = {
@@ -134,6 +158,7 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "data_source": data.source, "n_train": len(data.subset(spec.train_subset).train_x),
         "wall_seconds": time.time() - started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "train_seconds": sum(h["seconds"] for h in history), "segments": _segments(history),
         "pretrain": str(result_dir(root, spec.pretrain, spec.profile, seed)) if spec.pretrain else None,
     }
     tmp = root / f".tmp-{spec.id}-{spec.profile}-seed{seed}-{os.getpid()}"
@@ -152,6 +177,18 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
     _replace_dir(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
     return metrics
+
+
+def _segments(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive epochs trained on one machine (a resumed run has several): host, CPU kernels, epochs."""
+    out: list[dict[str, Any]] = []
+    for h in history:
+        where = {"host": h.get("host"), "cpu_capability": h.get("cpu_capability")}
+        if out and {k: out[-1][k] for k in where} == where and out[-1]["epochs"][1] == h["epoch"] - 1:
+            out[-1]["epochs"][1] = h["epoch"]
+        else:
+            out.append({**where, "epochs": [h["epoch"], h["epoch"]]})
+    return out
 
 
 def _save_artifact(obj: Any, folder: Path, name: str) -> dict[str, Any]:

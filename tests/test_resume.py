@@ -1,0 +1,62 @@
+"""Runs that outlive their machine: stop at a deadline, carry the resume point, finish elsewhere."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from bayescomp.train import TrainingPaused
+from reproduce.__main__ import main
+from reproduce.run import parse_deadline, result_dir, run_one
+from reproduce.spec import load_suite
+from tests.test_reproduce import TINY
+
+
+def test_a_run_paused_at_its_deadline_and_resumed_elsewhere_equals_an_uninterrupted_one(tmp_path, data_dir):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY)
+    suite = load_suite(path)
+    spec = suite.resolve("lenet300.dense", "quick")  # 2 epochs
+    kw = dict(data_dir=str(data_dir), progress=False, device="cpu")
+
+    whole = run_one(suite, spec, 0, tmp_path / "a", **kw)
+
+    first = tmp_path / "b"
+    with pytest.raises(TrainingPaused) as paused:
+        run_one(suite, spec, 0, first, deadline=time.time(), **kw)  # any epoch would overrun: stop after the first
+    assert paused.value.epochs_done == 1 and paused.value.checkpoint.exists()
+    assert not result_dir(first, spec.id, "quick", 0).exists()  # a paused run is not a result
+    other_machine = tmp_path / "c"
+    shutil.copytree(first, other_machine)  # what a commit and a fresh clone carry
+    resumed = run_one(suite, spec, 0, other_machine, **kw)
+
+    assert resumed == whole
+    assert not (other_machine / ".work" / spec.id / "quick" / "seed0").exists()  # resume point removed when done
+    record = json.loads((result_dir(other_machine, spec.id, "quick", 0) / "spec.json").read_text())
+    assert [s["epochs"] for s in record["segments"]] == [[1, 2]]  # same host: one segment over both sessions
+
+
+def test_run_stop_at_exits_3_and_says_how_to_continue(tmp_path, data_dir, capsys):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY)
+    args = ["run", "lenet300.dense", "--profile", "quick", "--spec", str(path), "--results-dir",
+            str(tmp_path / "r"), "--data-dir", str(data_dir), "--no-progress", "--device", "cpu"]
+    assert main([*args, "--stop-at", "+0s"]) == 3
+    err = capsys.readouterr().err
+    assert "paused after epoch 1/2" in err and "rerun the same command" in err
+    assert main(args) == 0
+    assert (tmp_path / "r" / "lenet300.dense" / "quick" / "seed0" / "metrics.json").exists()
+
+
+def test_stop_at_forms():
+    now = 1_000_000.0
+    assert parse_deadline("+90m", now) == now + 5400
+    assert parse_deadline("+2h", now) == now + 7200
+    assert parse_deadline("+30s", now) == now + 30
+    hhmm = parse_deadline("23:59", now)
+    assert now < hhmm <= now + 86400
+    with pytest.raises(ValueError, match="not a time"):
+        parse_deadline("soon", now)
