@@ -108,7 +108,7 @@ class VariationalMethod(Method):
                 raise ValueError("threshold_rule 'validation' needs the data (validation split)")
             thresholds, info = _validation_thresholds(cpu_model, layers, stats, means, biases, data,
                                                       self.val_margin_pct)
-        pruned = {n: stats[n] >= thresholds[n] for n in stats}
+        pruned = {n: stats[n].double() >= thresholds[n] for n in stats}
         masks = cascade_masks(list(prunable_layers(cpu_model)), pruned)
         empty = [n for n, m in masks.items() if not m.any()]
         if empty:
@@ -128,6 +128,13 @@ class VariationalMethod(Method):
         return Compressed(densify(cpu_model, weights, bias_out), out_layers, info)
 
 
+def _prune_top(s: Tensor, k: int) -> float:
+    """The threshold that prunes the k groups of largest statistic (s sorted descending, k < len(s)):
+    midway between the k-th and the (k+1)-th value, so that last-bit changes of the statistics (another
+    CPU, float64) leave the kept architecture unchanged; +inf prunes nothing."""
+    return float("inf") if k == 0 else float(s[k - 1] + s[k]) / 2
+
+
 def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayesLayer]], stats: dict[str, Tensor],
                            means: dict[str, Tensor], biases: dict[str, Tensor], data: ImageData,
                            margin: float) -> tuple[dict[str, float], dict[str, Any]]:
@@ -138,7 +145,7 @@ def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayes
 
     @torch.no_grad()
     def val_error(thr: dict[str, float]) -> float:
-        masks = cascade_masks(all_layers, {n: stats[n] >= t for n, t in thr.items()})
+        masks = cascade_masks(all_layers, {n: stats[n].double() >= t for n, t in thr.items()})
         if not all(m.any() for m in masks.values()):
             return float("inf")  # a layer lost every unit: the network is cut in two
         for n, layer in dense_layers.items():
@@ -150,15 +157,15 @@ def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayes
     base = val_error(thr)
     for i, (n, _) in enumerate(layers):
         budget = base + margin * (i + 1) / len(layers)
-        s = stats[n].sort(descending=True).values  # pruning k groups <=> threshold s[k-1]
+        s = stats[n].double().sort(descending=True).values
         lo, hi = 0, len(s) - 1  # keep at least one group
         while lo < hi:  # the largest k within budget (error grows with k, up to noise)
             k = (lo + hi + 1) // 2
-            if val_error({**thr, n: float(s[k - 1])}) <= budget:
+            if val_error({**thr, n: _prune_top(s, k)}) <= budget:
                 lo = k
             else:
                 hi = k - 1
-        thr[n] = float(s[lo - 1]) if lo > 0 else float("inf")
+        thr[n] = _prune_top(s, lo)
     return thr, {"val_error_unpruned_pct": base, "val_error_pruned_pct": val_error(thr)}
 
 

@@ -86,6 +86,14 @@ def test_validation_rule_stays_within_its_margin(mnist):
     c = method.compress(model.eval(), small)
     assert c.info["val_error_pruned_pct"] <= c.info["val_error_unpruned_pct"] + 0.5
     assert (c.layers["fc1"].weight[:, ::2] == 0).all()  # the clearly prunable half is gone
+    # robust to rounding: each threshold lies midway between the last pruned and the first kept group's
+    # statistic, so a last-bit change of the statistics (another CPU, float64) keeps the same architecture
+    for thr, stat in zip(c.info["thresholds"], c.info["statistic"].values()):
+        stat = torch.tensor(stat, dtype=torch.float64)
+        above, below = stat[stat >= thr], stat[stat < thr]
+        if len(above) and len(below):
+            assert thr == pytest.approx((float(above.min()) + float(below.max())) / 2, rel=1e-12)
+            assert float(above.min()) > thr > float(below.max())
 
 
 @pytest.mark.parametrize("method_cls", [BCGroupNJ, BCGroupHS])
