@@ -45,8 +45,8 @@ class _SparseVD(_GroupBayesLayer):
         if not self.training:
             return self._op(x, self.weight_mu, self.bias_mu)
         mu = self._op(x, self.weight_mu, self.bias_mu)
-        var = self._op(x * x, self.weight_logvar.exp(), None)  # [KSW15] Eq. 6
-        return mu + (var + EPS).sqrt() * torch.randn_like(mu)
+        var = self.lrt_variance(x, None)  # [KSW15] Eq. 6, float32 under autocast
+        return mu + (var + EPS).sqrt() * torch.randn_like(var)
 
     @property
     def weight(self) -> Tensor:

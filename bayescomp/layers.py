@@ -77,14 +77,24 @@ class _GroupBayesLayer(nn.Module):
             return self._op(x, self.weight, self.bias)
         z = self.sample_z(x.shape[0])
         if self.is_conv:  # z scales output filters, bias included [LUW17] Sec. 3, conv case
-            mu = self._op(x, self.weight_mu, self.bias_mu)
-            var = self._op(x * x, self.weight_logvar.exp(), self.bias_logvar.exp())
+            mu = self._op(x, self.weight_mu, self.bias_mu)  # under autocast: in its low precision
+            var = self.lrt_variance(x, self.bias_logvar)
             z = z[:, :, None, None]
             mu, var = mu * z, var * z * z
-        else:  # z scales input units: x̃ = x ⊙ z [LUW17] Eq. 6 with [KSW15] Eq. 6
+            return mu + (var + EPS).sqrt() * torch.randn_like(var)
+        # z scales input units: x̃ = x ⊙ z [LUW17] Eq. 6 with [KSW15] Eq. 6. Under autocast (bf16 on a
+        # GPU) the whole layer runs in float32: its hand-written backward multiplies the incoming
+        # gradient by float32 parameters, and the variances stay in float32 as the KL does.
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
             eps = torch.randn(x.shape[0], self.weight_mu.shape[0], device=x.device, dtype=x.dtype)
             return _LinearLRT.apply(x, z, self.weight_mu, self.weight_logvar, self.bias_mu, self.bias_logvar, eps)
-        return mu + (var + EPS).sqrt() * torch.randn_like(mu)
+
+    def lrt_variance(self, x: Tensor, bias_logvar: Tensor | None) -> Tensor:
+        """Variance of the pre-activation, (x²) ∗ σ² + σ_b² [KSW15] Eq. 6, in float32 even under autocast."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            return self._op(x * x, self.weight_logvar.exp(), None if bias_logvar is None else bias_logvar.exp())
 
     @property
     def weight(self) -> Tensor:

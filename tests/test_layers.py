@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from baselines.sparse_vd import Conv2dSVD, LinearSVD
 from bayescomp.layers import Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ
 
 N = 40_000  # samples for moment checks
@@ -164,3 +165,26 @@ def test_fused_linear_sample_equals_the_plain_expression_and_its_gradients():
     for p, q in zip(a, b):
         torch.testing.assert_close(p.grad, q.grad)
     assert torch.autograd.gradcheck(lambda *t: _LinearLRT.apply(*t, eps), [t.clone().requires_grad_() for t in leaves])
+
+
+@pytest.mark.parametrize("make", [lambda: LinearGroupNJ(64, 32), lambda: LinearGroupHS(64, 32),
+                                  lambda: Conv2dGroupNJ(3, 8, 3, padding=1), lambda: Conv2dGroupHS(3, 8, 3, padding=1),
+                                  lambda: LinearSVD(64, 32), lambda: Conv2dSVD(3, 8, 3, padding=1)],
+                         ids=["linear-gnj", "linear-ghs", "conv-gnj", "conv-ghs", "linear-svd", "conv-svd"])
+def test_every_bayesian_layer_trains_under_bf16_autocast(make):
+    """The VGG paper profiles train under bf16 autocast: forward and backward work, the variances stay in
+    float32 (the same as outside autocast up to the mean path's bf16 rounding) and every gradient is finite."""
+    layer = _perturb(make()).train()
+    x = torch.rand(8, 64) if isinstance(layer, (LinearGroupNJ, LinearGroupHS, LinearSVD)) else torch.rand(8, 3, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        loss = out.float().pow(2).mean() + layer.kl().float() / 1000
+    loss.backward()
+    assert torch.isfinite(out).all()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+    if hasattr(layer, "lrt_variance") and layer.is_conv:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            var = layer.lrt_variance(x, None)
+        assert var.dtype == torch.float32
+        torch.testing.assert_close(var, layer.lrt_variance(x, None))
