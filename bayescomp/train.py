@@ -2,17 +2,22 @@
 
 Batches are drawn by indexing in-memory uint8 tensors (resident on the training device); each
 epoch's order and noise come from generators seeded by (seed, epoch), so a run resumed from its
-per-epoch checkpoint continues exactly as an uninterrupted one. A non-finite loss stops the run
-with an error naming the epoch and step. Evaluation runs in `torch.inference_mode` on the model in
-eval mode (posterior means for the Bayesian layers).
+per-epoch checkpoint continues exactly as an uninterrupted one (an unreadable checkpoint is deleted,
+saying so, and the run starts over). A non-finite loss stops the run with an error naming the epoch
+and step, and so does a finite one that exploded (`_check_not_exploded`). Evaluation runs in
+`torch.inference_mode` on the model in eval mode (posterior means for the Bayesian layers).
 Not here: data loading (bayescomp.data), compression and metrics (method.compress, metrics).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import platform
+import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +29,15 @@ from tqdm import tqdm
 
 from bayescomp.data import ImageData, augment_crop_flip
 from bayescomp.method import Method
+from bayescomp.models import ArtifactError, load_plain
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "linear")
+EXPLODED_NLL_FACTOR = 10.0  # an epoch's mean NLL above this x ln(classes) is divergence (_check_not_exploded)
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or finite but exploded (see `_check_not_exploded`)."""
 
 
 class TrainingPaused(Exception):
@@ -61,12 +68,27 @@ class TrainConfig:
     amp_bf16: bool = False
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = _type_problem(value, hints[f.name])
+            if expected is not None:
+                example = "[80, 120]" if f.name == "lr_milestones" else json.dumps(
+                    f.default if f.default is not dataclasses.MISSING else 10)
+                raise ValueError(f"{f.name} must be {expected} (e.g. {f.name} = {example}), "
+                                 f"got {value!r} ({type(value).__name__})")
+        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))  # a TOML array is a list
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} unknown; valid: {list(OPTIMIZERS)}")
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} unknown; valid: {list(SCHEDULES)}")
-        if self.epochs < 0 or self.batch_size < 1:
-            raise ValueError("epochs must be >= 0 and batch_size >= 1")
+        for name, ok, rule in (("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                               ("lr", self.lr > 0, "> 0"), ("momentum", self.momentum >= 0, ">= 0"),
+                               ("weight_decay", self.weight_decay >= 0, ">= 0"), ("lr_gamma", self.lr_gamma > 0, "> 0"),
+                               ("kl_warmup_epochs", self.kl_warmup_epochs >= 0, ">= 0"),
+                               ("lr_milestones", all(m >= 1 for m in self.lr_milestones), "a list of epochs >= 1")):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
 
 def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, seed: int,
@@ -94,12 +116,16 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
     sched = _scheduler(opt, cfg)
     history: list[dict[str, Any]] = []
     start = 0
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
+    state = _load_checkpoint(checkpoint, device) if checkpoint is not None and checkpoint.exists() else None
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(state["scheduler"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise ValueError(f"checkpoint {checkpoint} does not fit this run ({str(e).strip().splitlines()[0]}); "
+                             "delete it to start the run over") from None
         history, start = state["history"], state["epoch"]
     bar = tqdm(total=cfg.epochs * steps, initial=start * steps, disable=not progress, unit="step",
                dynamic_ncols=True, desc=f"{type(method).__name__} seed{seed}")
@@ -142,6 +168,7 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
             sched.step()
         method.on_epoch_end(model, epoch)
         loss_m, nll_m, pen_m, wrong = (sums / n).tolist()
+        _check_not_exploded(nll_m, logits.shape[1], epoch)  # before its checkpoint: that stays the last good one
         test_err = evaluate(model, test_x, test_y, device)
         history.append({"epoch": epoch + 1, "train_loss": loss_m, "train_nll": nll_m, "penalty_per_n": pen_m,
                         "kl_beta": beta, "train_error_pct": 100 * wrong, "test_error_pct": test_err,
@@ -185,6 +212,58 @@ def _check_finite(losses: list[Tensor], epoch: int, last_step: int) -> None:
             f"loss became {stacked[int(bad[0])].item()} at epoch {epoch + 1}, step {step + 1}; "
             "training stopped. Lower the learning rate (lr) or lengthen kl_warmup_epochs in the spec; "
             "the last good checkpoint is kept and no results were written")
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """None if `value` is a `hint` (bool, int, float, str or tuple[int, ...]); else what it should be.
+
+    bool is not accepted as a number (in Python True is an int); an int is accepted as a float.
+    """
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if is_number and isinstance(value, int) else "an integer"
+    if hint is float:
+        return None if is_number and math.isfinite(value) else "a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        ok = isinstance(value, (list, tuple)) and all(_type_problem(v, item) is None for v in value)
+        return None if ok else "a list of integers" if item is int else f"a list of {item.__name__}"
+    raise TypeError(f"no type check for {hint}")
+
+
+def _check_not_exploded(mean_nll: float, classes: int, epoch: int) -> None:
+    """Divergence with a finite loss: an epoch's mean training NLL above EXPLODED_NLL_FACTOR x ln(classes).
+
+    ln(classes) is the NLL of guessing uniformly, which any network reaches with constant logits and a
+    fresh one starts near; at ten times that (23 nats for 10 classes) the true class gets probability
+    e^-23 on average, so the run is diverging, not learning. Only the NLL is compared, never the KL
+    penalty, which is large by design in the Bayesian methods. Every recorded run stays below 0.3
+    nats after its first epoch and below ln(classes) in it (tests/test_train.py checks them).
+    """
+    limit = EXPLODED_NLL_FACTOR * math.log(classes)
+    if mean_nll > limit:
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch + 1}: the mean training NLL is {mean_nll:.3g} nats, above "
+            f"{limit:.1f} ({EXPLODED_NLL_FACTOR:g} x ln {classes}, ten times the loss of guessing) although finite. "
+            "Lower the learning rate (lr) in the spec; no results were written")
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint's state; None if it is unreadable, after deleting it and saying so: the run starts over."""
+    again = "deleted it; this run starts over from epoch 1"
+    try:
+        state = load_plain(path, again, map_location=device)
+        if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "history", "epoch"} <= state.keys():
+            raise ArtifactError(f"{path} is not a training checkpoint (no model, optimizer and epoch); {again}")
+    except ArtifactError as e:
+        path.unlink(missing_ok=True)
+        print(f"warning: checkpoint {e}", file=sys.stderr)
+        return None
+    return state
 
 
 def _optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:

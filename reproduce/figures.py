@@ -2,7 +2,8 @@
 kept units per layer, learning curves.
 
 Each figure is written as PNG and PDF into the figures folder; a figure covers the current
-(non-stale) results of the chosen profile.
+(non-stale) results of the chosen profile. The files hold no creation date (`save_figure`), so
+rendering unchanged results again gives byte-identical files and leaves the git tree clean.
 """
 from __future__ import annotations
 
@@ -31,11 +32,20 @@ def _current(suite: Suite, profile: str, root: Path):
             yield spec, seeds
 
 
+# no creation date (nor SOURCE_DATE_EPOCH's) in the PDF; PNG holds none, only the matplotlib version
+NO_DATE = {".pdf": {"CreationDate": None}, ".png": {}}
+
+
+def save_figure(fig, path: Path) -> None:
+    """fig as PNG or PDF (by path's suffix), byte-identical each time the same figure is drawn."""
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata=NO_DATE[path.suffix])
+
+
 def _save(fig, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     for p in paths:
-        fig.savefig(p, dpi=120, bbox_inches="tight")
+        save_figure(fig, p)
     plt.close(fig)
     return paths
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from reproduce.executors import ExecutorUnavailable, Outcome, Plan, Task
+from reproduce.executors import ExecutorUnavailable, Outcome, Plan, Task, announce
 from reproduce.run import _replace_dir, result_dir, run_one
 from reproduce.spec import load_suite
 
@@ -104,6 +104,7 @@ class RayExecutor:
                 else:
                     _write(root, task, out["files"])
                     outcomes.append(Outcome(task, out["metrics"], None, time.time() - t0))
+                announce(outcomes[-1], len(outcomes), len(plan.tasks))
                 bar.update(1)
             if any(o.error for o in outcomes):
                 break

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -48,7 +49,7 @@ def status(root: Path, spec: RunSpec, seed: int) -> str:
     d = result_dir(root, spec.id, spec.profile, seed)
     if not all((d / f).exists() for f in RESULT_FILES):
         return "missing"
-    recorded = json.loads((d / "spec.json").read_text())
+    recorded = _read_record(d / "spec.json", spec, seed)
     return "current" if recorded.get("spec_hash") == spec.hash else "stale"
 
 
@@ -61,8 +62,31 @@ def artifact(folder: Path, name: str) -> Path | None:
 
 
 def load_result(root: Path, spec: RunSpec, seed: int) -> dict[str, Any]:
-    """metrics.json of a current result (callers check `status` first)."""
-    return json.loads((result_dir(root, spec.id, spec.profile, seed) / "metrics.json").read_text())
+    """metrics.json of a current result (callers check `status` first); a ValueError naming the file if
+    it is damaged or records a non-finite metric (NaN or infinity is never a result)."""
+    path = result_dir(root, spec.id, spec.profile, seed) / "metrics.json"
+    metrics = _read_record(path, spec, seed)
+    bad = [k for k, v in metrics.items() if not k.startswith("info_") and isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{path} records {bad[0]} = {metrics[bad[0]]}, which is not a valid result; "
+                         + _redo(spec, seed, path.parent))
+    return metrics
+
+
+def _read_record(path: Path, spec: RunSpec, seed: int) -> dict[str, Any]:
+    """A JSON file of a results folder; a ValueError naming it, and how to redo it, if it is damaged."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError (truncated) and UnicodeDecodeError
+        raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); {_redo(spec, seed, path.parent)}") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{path} holds a {type(rec).__name__}, not a JSON object; {_redo(spec, seed, path.parent)}")
+    return rec
+
+
+def _redo(spec: RunSpec, seed: int, folder: Path) -> str:
+    return (f"restore the folder (git checkout -- {folder}) or delete it and rerun: "
+            f"python -m reproduce run {spec.id} --profile {spec.profile} --seed {seed}")
 
 
 def parse_deadline(when: str, now: float | None = None) -> float:
@@ -133,7 +157,7 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
     data = load_dataset(spec.dataset, data_dir, val_size=spec.val_size)
     torch.manual_seed(seed)
     method = METHODS[spec.method](**spec.method_args)
-    model = MODELS[spec.model](layers=method.layers(), mean=data.mean, std=data.std)
+    model = MODELS[spec.model](layers=method.layers(), mean=data.mean, std=data.std, **spec.model_args)
     if spec.pretrain is not None:
         pre_spec = suite.resolve(spec.pretrain, spec.profile)
         pre_dir = result_dir(root, pre_spec.id, pre_spec.profile, seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ from reproduce.registry import DATASETS, METHODS, MODELS
 DEFAULT_TOML = Path(__file__).with_name("experiments.toml")
 RESULTS_FORMAT = 1  # bump when a change to the code invalidates every recorded result
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-RUN_KEYS = ("seeds", "train_subset", "test_subset", "val_size", "pretrain", "method_args", "cpu_epoch_seconds",
+RUN_KEYS = ("seeds", "train_subset", "test_subset", "val_size", "pretrain", "method_args", "model_args",
+            "cpu_epoch_seconds",
             "needs_gpu")
 EXPERIMENT_KEYS = ("id", "label", "table", "model", "dataset", "method", "targets", "expected") + RUN_KEYS + TRAIN_KEYS
 PROFILE_KEYS = ("description",) + RUN_KEYS + TRAIN_KEYS
 TARGET_KEYS = ("value", "tol", "tag", "source")
+EXPECTED_KEYS = ("value", "tol", "kind", "basis", "source")  # written by `python -m reproduce calibrate`
 PUBLISHED_KEYS = ("model", "label", "source", "nonzero_pct", "architecture", "bits", "cr_fast", "cr_max", "error_pct")
 
 
@@ -56,6 +59,7 @@ class RunSpec:
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     expected: dict[str, dict[str, Any]] = field(default_factory=dict)
     pretrain_hash: str | None = None  # the resolved pretrain's own hash (which covers its pretrain, and so on)
+    model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model builder
 
     def hashed_content(self) -> dict[str, Any]:
         """What determines the results of a run (seed aside), including what its pretrain was built from."""
@@ -65,6 +69,8 @@ class RunSpec:
                    "pretrain": self.pretrain}
         if self.pretrain is not None:
             content["pretrain_hash"] = self.pretrain_hash
+        if self.model_args:  # only when given, so the hashes of specs without them stay as recorded
+            content["model_args"] = self.model_args
         return content
 
     @property
@@ -99,12 +105,11 @@ class Suite:
         merged.update({k: v for k, v in self.profiles[profile].items() if k != "description"})
         merged.update(exp.get(profile, {}))
         train = {k: merged.pop(k) for k in TRAIN_KEYS if k in merged}
-        if "lr_milestones" in train:
-            train["lr_milestones"] = tuple(train["lr_milestones"])
         try:
-            cfg = TrainConfig(**train)
+            cfg = TrainConfig(**train)  # checks the type and range of every training key
         except (TypeError, ValueError) as e:
             raise SpecError(f"experiment {exp_id!r}, profile {profile!r}: {e}") from e
+        _check_run_values(merged, f"experiment {exp_id!r}, profile {profile!r}")
         expected = merged.pop("expected", {}).get(profile, {})
         pretrain = merged.get("pretrain")
         if pretrain is not None and pretrain not in self.experiments:
@@ -116,6 +121,7 @@ class Suite:
         return RunSpec(pretrain_hash=pretrain_hash, id=exp_id, profile=profile, label=merged.pop("label", exp["method"]),
                        table=merged.pop("table", ""), model=merged.pop("model"), dataset=merged.pop("dataset"),
                        method=merged.pop("method"), method_args=dict(merged.pop("method_args", {})), train=cfg,
+                       model_args=dict(merged.pop("model_args", {})),
                        seeds=tuple(merged.pop("seeds", (0,))), expected=expected,
                        targets=merged.pop("targets", {}), **{k: merged[k] for k in merged if k in RUN_KEYS})
 
@@ -152,7 +158,7 @@ def load_suite(path: Path = DEFAULT_TOML) -> Suite:
             if p not in profiles:
                 raise SpecError(f"{where}: expected values for unknown profile {p!r}; valid: {', '.join(profiles)}")
             for metric, target in exp_vals.items():
-                _check_keys(target, TARGET_KEYS, f"{where}, expected.{p}.{metric}")
+                _check_keys(target, EXPECTED_KEYS, f"{where}, expected.{p}.{metric}")
         experiments[exp["id"]] = exp
     for row in raw.get("published", []):
         _check_keys(row, PUBLISHED_KEYS, f"[[published]] {row.get('label', '?')!r}")
@@ -169,7 +175,44 @@ def load_suite(path: Path = DEFAULT_TOML) -> Suite:
                 fields = [f.name for f in dataclasses.fields(METHODS[spec.method])]
                 raise SpecError(f"experiment {exp_id!r}: bad method_args for {spec.method!r} ({e}); "
                                 f"valid keys: {', '.join(fields) or '(none)'}") from e
+            builder_keys = [k for k in inspect.signature(MODELS[spec.model]).parameters
+                             if k not in ("layers", "mean", "std", "widths")]
+            if set(spec.model_args) - set(builder_keys):
+                raise SpecError(f"experiment {exp_id!r}, profile {p!r}: unknown model_args "
+                                f"{sorted(set(spec.model_args) - set(builder_keys))} for {spec.model!r}; "
+                                f"valid keys: {', '.join(builder_keys) or '(none)'}")
     return suite
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low  # True is an int in Python
+
+
+MAX_SEED = 2**31 - 1
+RUN_VALUES: dict[str, tuple[str, str, Any]] = {  # key -> (what it must be, an example, the test)
+    "seeds": (f"a non-empty list of distinct integers from 0 to {MAX_SEED}", "[0, 1, 2]",
+              lambda v: isinstance(v, list) and len(v) > 0 and len(set(v)) == len(v)
+              and all(_is_int(s, 0) and s <= MAX_SEED for s in v)),
+    "train_subset": ("a positive integer", "2000", lambda v: _is_int(v, 1)),
+    "test_subset": ("a positive integer", "2000", lambda v: _is_int(v, 1)),
+    "val_size": ("a positive integer", "5000", lambda v: _is_int(v, 1)),
+    "pretrain": ("an experiment id", '"lenet300.dense"', lambda v: isinstance(v, str)),
+    "method_args": ("a table", "{ threshold = 3 }", lambda v: isinstance(v, dict)),
+    "model_args": ("a table", "{ width = 0.125 }", lambda v: isinstance(v, dict)),
+    "cpu_epoch_seconds": ("a positive number", "2.3",
+                          lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")),
+    "needs_gpu": ("true or false", "true", lambda v: isinstance(v, bool)),
+    "label": ("a string", '"BC-GNJ"', lambda v: isinstance(v, str)),
+    "table": ("a string", '"table1"', lambda v: isinstance(v, str)),
+}
+
+
+def _check_run_values(merged: dict[str, Any], where: str) -> None:
+    """The type and range of every run key of a resolved experiment (TrainConfig checks the training keys)."""
+    for key, (what, example, ok) in RUN_VALUES.items():
+        if key in merged and not ok(merged[key]):
+            raise SpecError(f"{where}: {key} must be {what} (e.g. {key} = {example}), "
+                            f"got {merged[key]!r} ({type(merged[key]).__name__})")
 
 
 def _check_keys(table: dict[str, Any], valid: tuple[str, ...], where: str) -> None:

@@ -3,7 +3,15 @@
 BC: for each validation margin, the method's own threshold rule picks thresholds on the validation
 split; the official LeNet-300-100 thresholds (log α < −2.8, −3, −5 kept) are one more point for
 BC-GNJ on that model. Sparse VD: the log α threshold ([MAV17] uses 3). Each compressed model is
-measured by `metrics.summarize` like any table row. Written to results/<id>/<profile>/seed<k>/sweep.csv.
+measured by `metrics.summarize` like any table row. Written to results/<id>/<profile>/seed<k>/sweep.csv
+(replacing an earlier one).
+
+The `setting` column names the threshold setting of a row (`setting_help` says it per method):
+- BC-GNJ / BC-GHS: the validation margin `val_margin_pct`, in percentage points: each layer's
+  threshold removes the most groups such that the validation error stays within that margin of the
+  unpruned model's (spent evenly over the layers); `official`: the official example's fixed
+  thresholds instead.
+- Sparse VD: `log α < t`: the weights whose log α is below t are kept, the others removed.
 """
 from __future__ import annotations
 
@@ -12,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
+from tqdm import tqdm
 
 from bayescomp.data import ImageData
 from bayescomp.metrics import summarize
+from bayescomp.models import load_plain
 from reproduce.registry import METHODS, MODELS
 from reproduce.run import artifact, result_dir
 from reproduce.spec import RunSpec
@@ -25,16 +34,30 @@ SVD_THRESHOLDS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)  # log α; weights at or above a
 OFFICIAL_THRESHOLDS = {("lenet300", "bc_gnj"): [-2.8, -3.0, -5.0]}  # official example.py, kept if log α < t
 
 
-def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[float, ...] = MARGINS) -> pd.DataFrame:
-    """One row per threshold setting: margin (or 'official'), thresholds and the summarize() metrics."""
+def setting_help(spec: RunSpec) -> str:
+    """What the `setting` column of spec's sweep means."""
+    if spec.method == "sparse_vd":
+        return "setting = the log α threshold: weights with log α below it are kept, the others removed ([MAV17]: 3)"
+    text = ("setting = validation margin in percentage points: per layer, the most groups are removed while "
+            "the validation error stays within it of the unpruned model's (val_margin_pct)")
+    if (spec.model, spec.method) in OFFICIAL_THRESHOLDS:
+        text += f"; official = the official code's fixed thresholds {OFFICIAL_THRESHOLDS[(spec.model, spec.method)]}"
+    return text
+
+
+def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[float, ...] = MARGINS,
+          progress: bool = False) -> pd.DataFrame:
+    """One row per threshold setting: margin (or 'official'), thresholds and the summarize() metrics;
+    written to the run's sweep.csv (`setting_help` says what the setting column means)."""
     folder = result_dir(root, spec.id, spec.profile, seed)
     post = artifact(folder, "posterior")
     if post is None:
         raise FileNotFoundError(f"{folder} holds no posterior.pt: only Bayesian runs keep one, and a large one "
                                 "(*.large.pt) only on the machine that trained it")
-    state = torch.load(post, weights_only=True)["state_dict"]
+    state = load_plain(post, "restore it, or write it again: python -m reproduce run "
+                             f"{spec.id} --profile {spec.profile} --seed {seed} --force")["state_dict"]
     base = METHODS[spec.method](**spec.method_args)
-    model = MODELS[spec.model](layers=base.layers(), mean=data.mean, std=data.std)
+    model = MODELS[spec.model](layers=base.layers(), mean=data.mean, std=data.std, **spec.model_args)
     model.load_state_dict(state)
     settings: list[tuple[str, Any]]
     if spec.method == "sparse_vd":
@@ -48,7 +71,8 @@ def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[
         settings.append(("official", dataclasses.replace(base, threshold_rule="fixed",
                                                          thresholds=OFFICIAL_THRESHOLDS[(spec.model, spec.method)])))
     rows = []
-    for label, method in settings:
+    for label, method in tqdm(settings, desc=f"{spec.id} seed {seed}: settings", unit="setting",
+                              disable=not progress):
         c = method.compress(model.eval(), data)
         metrics, _ = summarize(c, data, spec.model, test_subset=spec.test_subset)
         rows.append({"setting": label, "thresholds": c.info.get("thresholds", c.info.get("threshold")), "error_pct": metrics["error_pct"],

@@ -23,6 +23,7 @@ from torch import nn  # noqa: E402
 from bayescomp.data import load_dataset  # noqa: E402
 from bayescomp.models import load_model  # noqa: E402
 from reproduce.bench import inference_bench, peak_training_memory, train_cost  # noqa: E402
+from reproduce.figures import save_figure  # noqa: E402
 from reproduce.registry import DATASETS  # noqa: E402
 from reproduce.run import _git, artifact, result_dir, status  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
@@ -157,7 +158,7 @@ def _figure(inf: pd.DataFrame, out_dir: Path) -> None:
         ax.legend(fontsize=6)
     fig.suptitle("Compressed LeNets and VGG: measured speed-up vs FLOP-ratio bound", fontsize=10)
     for ext in ("png", "pdf"):
-        fig.savefig(out_dir / f"table2_speedup.{ext}", dpi=120, bbox_inches="tight")
+        save_figure(fig, out_dir / f"table2_speedup.{ext}")  # no creation date: unchanged data, unchanged file
     plt.close(fig)
 
 

@@ -108,3 +108,56 @@ def test_subsets_are_fixed_random_draws(mnist):
     assert len(a.train_x) == 1000 and len(a.test_x) == 300 and torch.equal(a.train_y, b.train_y)
     assert not torch.equal(a.train_y, mnist.train_y[:1000])  # not simply the first images
     assert mnist.subset() is not None and len(mnist.subset().train_x) == len(mnist.train_x)
+
+
+@pytest.mark.parametrize("where", ["deflate stream", "crc"])
+def test_a_flipped_byte_in_a_gzip_file_is_named(data_dir, tmp_path, where):
+    """A flip in the compressed stream raises zlib.error inside gzip (about 38 % of positions), one in the
+    trailer fails gzip's CRC check: both are a DataError naming the file and saying to replace it."""
+    raw = _copy_mnist(data_dir, tmp_path)
+    f = raw / "train-images-idx3-ubyte.gz"
+    f.chmod(0o644)
+    blob = bytearray(f.read_bytes())
+    blob[40 if where == "deflate stream" else len(blob) - 6] ^= 0x01
+    f.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is corrupt or truncated .*; replace it with a "
+                                        "good copy \\(copy it again from its source\\)"):
+        load_dataset("mnist", tmp_path, online=False)
+
+
+def _tiny_cifar() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"train_x": torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g),
+            "train_y": torch.arange(20) % 10, "test_x": torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8,
+                                                                      generator=g),
+            "test_y": torch.arange(10)}
+
+
+@pytest.fixture
+def cifar_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """A data folder whose CIFAR-10 archive is not the real one (rebuilding from it fails its checksum), and a
+    cache folder holding a tiny decoded cache, written as bayescomp writes one."""
+    from bayescomp.data import CIFAR_JPEG_SHA256, _write_cache
+
+    (tmp_path / "data" / "CIFAR10").mkdir(parents=True)
+    (tmp_path / "data" / "CIFAR10" / "cifar10-jpeg.tar.gz").write_bytes(b"not the archive")
+    _write_cache(tmp_path / "cache" / f"cifar10-jpeg-{CIFAR_JPEG_SHA256[:12]}.pt", _tiny_cifar())
+    return tmp_path / "data", tmp_path / "cache"
+
+
+def test_an_intact_cifar_cache_is_used(cifar_dirs):
+    data, cache = cifar_dirs
+    d = load_dataset("cifar10", data, cache_dir=cache, val_size=1, online=False)
+    assert torch.equal(d.test_y, _tiny_cifar()["test_y"]) and len(d.train_x) == 19
+
+
+def test_an_edited_cifar_cache_is_not_used_but_rebuilt_saying_so(cifar_dirs, capsys):
+    data, cache = cifar_dirs
+    path = next(cache.glob("*.pt"))
+    edited = torch.load(path, weights_only=True)
+    edited["train_y"] = (edited["train_y"] + 1) % 10  # every label changed, the recorded checksum kept
+    torch.save(edited, path)
+    with pytest.raises(DataError, match="cifar10-jpeg.tar.gz fails its checksum"):  # it went back to the archive
+        load_dataset("cifar10", data, cache_dir=cache, val_size=1, online=False)
+    assert (f"warning: cache {path} does not match the checksum recorded when it was written (edited or damaged); "
+            "decoding the archive again") in capsys.readouterr().err

@@ -122,7 +122,7 @@ def test_kill_9_mid_run_then_restart_resumes(tmp_path, data_dir):
     assert len(hist) == 7 and not ckpt.exists()
 
 
-def test_bc_run_with_pretraining_then_table_and_figures(tmp_path, data_dir):
+def test_bc_run_with_pretraining_then_table_and_figures(tmp_path, data_dir, capsys):
     spec_file = tmp_path / "e.toml"
     spec_file.write_text(TINY + BC)
     results, figures = tmp_path / "results", tmp_path / "figures"
@@ -145,9 +145,14 @@ def test_bc_run_with_pretraining_then_table_and_figures(tmp_path, data_dir):
     assert csv.loc["lenet300.dense", "error_pct_paper"] == 1.6
     tex = (figures / "table1_quick.tex").read_text()
     assert "\\begin{tabular}" in tex and "BC-GHS" in tex and tex.count("\\\\") == 3  # header + 2 rows
+    capsys.readouterr()
     assert main(["sweep", "lenet300.bc_ghs", "--profile", "quick", "--data-dir", str(data_dir), *common]) == 0
     sweep = (results / "lenet300.bc_ghs" / "quick" / "seed0" / "sweep.csv").read_text().splitlines()
     assert len(sweep) == 1 + 8 and sweep[0].startswith("setting,thresholds,error_pct")
+    out = capsys.readouterr()
+    assert "lenet300.bc_ghs [quick] seed 0 (setting = validation margin in percentage points" in out.out
+    assert "8/8" in out.err  # its progress bar
+    assert f"wrote {results / 'lenet300.bc_ghs' / 'quick' / 'seed0' / 'sweep.csv'}\n" in out.err
     assert main(["figures", "--profile", "quick", *common]) == 0
     for name in ("tradeoff_lenet300_quick", "stat_hist_lenet300_bc_ghs_quick", "bc_bits_units_quick",
                  "learning_curves_quick"):
@@ -167,3 +172,18 @@ def test_readme_baseline_example_is_the_shipped_code_and_runs_as_printed(tmp_pat
     assert main([*cmd[2:], "--results-dir", str(tmp_path), "--data-dir", str(data_dir), "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "lenet300.random" / "quick" / "seed0" / "metrics.json").read_text())
     assert 0 < metrics["nonzero_pct"] < 100
+
+
+def test_readme_load_model_example_scores_the_recorded_model_as_printed(data_dir, monkeypatch, capsys):
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "load_dataset" in b)
+    printed = re.search(r"\(prints `(test error [^`]*)`\)", readme).group(1)
+    run = re.search(r'run = "([^"]+)"', block).group(1)
+    if not (REPO / run / "model.pt").exists():
+        pytest.skip(f"no recorded {run}/model.pt in this checkout")
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BAYESCOMP_DATA", str(data_dir))
+    exec(compile(block, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == printed

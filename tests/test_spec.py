@@ -65,6 +65,45 @@ def test_bad_method_args_are_rejected(tmp_path):
         _suite(tmp_path, TINY + "method_args = { threshold = 3 }\n")
 
 
+@pytest.mark.parametrize("line, message", [
+    ('lr = "fast"', "lr must be a finite number \\(e.g. lr = 0.001\\), got 'fast' \\(str\\)"),
+    ("epochs = 2.5", "epochs must be an integer \\(e.g. epochs = 10\\), got 2.5 \\(float\\)"),
+    ('batch_size = "128"', "batch_size must be an integer \\(e.g. batch_size = 128\\), got '128' \\(str\\)"),
+    ('lr_milestones = "1"',  # was read as ('1',): the lr never decayed
+     "lr_milestones must be a list of integers \\(e.g. lr_milestones = \\[80, 120\\]\\), got '1'"),
+    ("lr_milestones = [0]", "lr_milestones must be a list of epochs >= 1"),
+    ("augment = 1", "augment must be true or false"),
+    ("lr = true", "lr must be a finite number .*got True \\(bool\\)"),  # True is an int in Python, not here
+    ("lr = -0.1", "lr must be > 0"),
+    ("seeds = 0", "seeds must be a non-empty list of distinct integers from 0 to 2147483647 "
+                  "\\(e.g. seeds = \\[0, 1, 2\\]\\), got 0 \\(int\\)"),
+    ("seeds = [-1]", "seeds must be a non-empty list of distinct integers"),
+    ("seeds = [0, 0]", "seeds must be a non-empty list of distinct integers"),
+    ("seeds = [99999999999]", "seeds must be a non-empty list of distinct integers from 0 to 2147483647"),
+    ("seeds = [true]", "seeds must be"),
+    ("train_subset = 0", "train_subset must be a positive integer"),
+    ('test_subset = "500"', "test_subset must be a positive integer"),
+    ("val_size = 0", "val_size must be a positive integer"),
+    ("method_args = 3", "method_args must be a table"),
+    ("needs_gpu = 1", "needs_gpu must be true or false"),
+    ("cpu_epoch_seconds = -2", "cpu_epoch_seconds must be a positive number"),
+])
+def test_a_value_of_the_wrong_type_or_range_names_experiment_key_and_type(tmp_path, line, message):
+    with pytest.raises(SpecError, match=f"^experiment 'lenet300.dense', profile 'paper': {message}"):
+        _suite(tmp_path, TINY.replace("epochs = 3", line) if line.startswith("epochs") else TINY + line + "\n")
+
+
+def test_a_bad_value_in_a_profile_names_that_profile(tmp_path):
+    with pytest.raises(SpecError, match="experiment 'lenet300.dense', profile 'quick': lr must be a finite number"):
+        _suite(tmp_path, TINY + '[experiment.quick]\nlr = "fast"\n')
+
+
+def test_well_typed_values_are_kept_as_written(tmp_path):
+    spec = _suite(tmp_path, TINY + "lr = 1\nlr_milestones = [2, 3]\nseeds = [4, 0]\nval_size = 50\n").resolve(
+        "lenet300.dense", "paper")
+    assert spec.train.lr == 1 and spec.train.lr_milestones == (2, 3) and spec.seeds == (4, 0) and spec.val_size == 50
+
+
 def test_hash_ignores_seeds_but_not_training(tmp_path):
     base = _suite(tmp_path, TINY).resolve("lenet300.dense", "paper").hash
     assert _suite(tmp_path, TINY + "seeds = [5, 6]\n").resolve("lenet300.dense", "paper").hash == base

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
+import pandas as pd
 import pytest
 import torch
 
 from bayescomp.method import Dense
 from bayescomp.models import lenet300
-from bayescomp.train import TrainConfig, TrainingDiverged, fit
+from bayescomp.train import EXPLODED_NLL_FACTOR, TrainConfig, TrainingDiverged, fit
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -55,3 +60,56 @@ def test_resumed_run_equals_uninterrupted_run(mnist, tmp_path):
 def test_bad_optimizer_name_lists_valid_ones():
     with pytest.raises(ValueError, match="valid: \\['adam', 'sgd'\\]"):
         TrainConfig(epochs=1, optimizer="adamw")
+
+
+def test_a_finite_but_exploding_loss_is_divergence_and_leaves_no_checkpoint(mnist, tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 1: the mean training NLL is .* nats, above 23.0 "
+                                               "\\(10 x ln 10, .*\\) although finite. Lower the learning rate"):
+        fit(lenet300(), Dense(), mnist, TrainConfig(epochs=2, batch_size=32, lr=1e3), seed=0, progress=False,
+            checkpoint=ckpt, train_subset=256, test_subset=100)
+    assert not ckpt.exists()
+
+
+def test_every_recorded_run_is_far_below_the_divergence_limit():
+    """The divergence rule cannot fire on a normal run: in every recorded history (dense, pruning and the
+    KL-dominated Bayesian ones alike) the mean training NLL stays below ln 10, a tenth of the limit."""
+    histories = sorted((REPO / "results").glob("*/*/seed*/history.csv"))
+    if not histories:
+        pytest.skip("no recorded results")
+    limit = EXPLODED_NLL_FACTOR * math.log(10)
+    for path in histories:
+        nll = pd.read_csv(path)["train_nll"]
+        assert nll.max() < limit / EXPLODED_NLL_FACTOR, path
+
+
+@pytest.mark.parametrize("content", ["empty", "truncated", "code", "not a checkpoint"])
+def test_an_unreadable_checkpoint_is_deleted_and_the_run_starts_over(mnist, tmp_path, capsys, content):
+    ckpt = tmp_path / "checkpoint.pt"
+    if content == "code":
+        torch.save({"model": _RunsCode()}, ckpt)
+    elif content == "not a checkpoint":
+        torch.save({"epoch": 1}, ckpt)
+    else:
+        torch.save({"model": lenet300().state_dict()}, ckpt)
+        ckpt.write_bytes(b"" if content == "empty" else ckpt.read_bytes()[:5000])
+    history = fit(lenet300(), Dense(), mnist, TrainConfig(epochs=1), seed=0, progress=False, checkpoint=ckpt,
+                  train_subset=256, test_subset=100)
+    assert [h["epoch"] for h in history] == [1]
+    err = capsys.readouterr()
+    assert f"warning: checkpoint {ckpt} " in err.err and "; deleted it; this run starts over from epoch 1" in err.err
+    assert "weights_only" not in err.err and "this ran on load" not in err.out
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # the new run's own checkpoint
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this ran on load",))
+
+
+@pytest.mark.parametrize("key, value, message", [("lr", True, "lr must be a finite number"),
+                                                 ("batch_size", 1.0, "batch_size must be an integer"),
+                                                 ("lr_milestones", "12", "lr_milestones must be a list of integers")])
+def test_config_values_of_the_wrong_type_are_refused(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(epochs=1, **{key: value})

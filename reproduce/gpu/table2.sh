@@ -8,7 +8,8 @@
 # RESULTS_DIR (without them the table covers the LeNets). The committed LeNet results are copied
 # into RESULTS_DIR first; RESULTS_DIR/bench/cuda/ and RESULTS_DIR/figures/table2.* come back: copy
 # bench/cuda/ over results/bench/ and rerun `python -m reproduce table2 --no-measure` to render both
-# devices. Test on a CPU with:  PYTHON=.venv/bin/python bash reproduce/gpu/table2.sh /tmp/t2 cpu
+# devices. Test on a CPU with:  bash reproduce/gpu/table2.sh /tmp/t2 cpu
+# The interpreter is `python` on PATH (the one `pip install .` installed into); PYTHON=/path/to/python overrides it.
 set -euo pipefail
 OUT=${1:?RESULTS_DIR missing}
 DEVICE=${2:-cuda}

@@ -8,13 +8,14 @@
 # them (copy it over ./results and commit; *.large.pt stay out of git). The `paper` profile keeps the
 # training data resident on the GPU, uses channels_last and bf16 autocast (experiments.toml:
 # amp_bf16), and was sized for about 10 minutes on one H200 (REPRODUCING.md, "VGG on a GPU").
-# Test it on a CPU at tiny size with:  PYTHON=.venv/bin/python bash reproduce/gpu/vgg.sh ../shared/data /tmp/r quick cpu
+# Test it on a CPU at tiny size with:  bash reproduce/gpu/vgg.sh ../shared/data /tmp/r quick cpu
+# The interpreter is `python` on PATH (the one `pip install .` installed into); PYTHON=/path/to/python overrides it.
 set -euo pipefail
 DATA=${1:?DATA_DIR (with CIFAR10/) missing}
 OUT=${2:?RESULTS_DIR missing}
 PROFILE=${3:-paper}
 DEVICE=${4:-cuda}
-PY=${PYTHON:-python}  # the interpreter with torch (PYTHON=.venv/bin/python here)
+PY=${PYTHON:-python}  # the interpreter with torch
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)"
 mkdir -p "$OUT"
 LOG="$OUT/gpu_job_${PROFILE}.log"
