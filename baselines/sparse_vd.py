@@ -119,6 +119,13 @@ class SparseVD(Method):
         init_from_dense(model, dense)  # means from the dense weights; other state (batch norm) copied
 
     @torch.no_grad()
+    def epoch_stats(self, model: nn.Module) -> dict[str, float]:
+        """prunable_pct: the share of the weights at or above the log α threshold (what compress removes)."""
+        las = [m.log_alpha() for _, m in bayes_layers(model)]
+        return {"prunable_pct": 100.0 * sum(int((la >= self.threshold).sum()) for la in las)
+                / max(sum(la.numel() for la in las), 1)}
+
+    @torch.no_grad()
     def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
         model = model.eval()
         weights, biases, out = {}, {}, {}

@@ -88,6 +88,10 @@ class Method(ABC):
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         """Called after every epoch, 0-based (e.g. pruning schedules)."""
 
+    def epoch_stats(self, model: nn.Module) -> dict[str, float]:
+        """Numbers recorded in the training history after every epoch (e.g. how much would be pruned)."""
+        return {}
+
     @abstractmethod
     def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
         """Trained model -> final weights, bits and codebooks. `data` offers the validation split."""

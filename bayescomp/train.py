@@ -173,7 +173,8 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
         history.append({"epoch": epoch + 1, "train_loss": loss_m, "train_nll": nll_m, "penalty_per_n": pen_m,
                         "kl_beta": beta, "train_error_pct": 100 * wrong, "test_error_pct": test_err,
                         "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
-                        "host": platform.node(), "cpu_capability": torch.backends.cpu.get_cpu_capability()})
+                        "host": platform.node(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        **method.epoch_stats(model)})
         bar.set_postfix(loss=f"{loss_m:.4f}", test_err=f"{test_err:.2f}%")
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bayescomp.method import Method  # noqa: E402
+from reproduce.registry import METHODS  # noqa: E402
 from reproduce.run import result_dir, status  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
 from reproduce.tables import MODEL_TITLES  # noqa: E402
@@ -107,26 +109,55 @@ def bits_and_units(suite: Suite, profile: str, root: Path, out: Path) -> list[Pa
     return _save(fig, out, "bc_bits_units" + ("" if profile == "paper" else "_" + profile))
 
 
+CURVES = (("test_error_pct", "test error % (posterior mean, unpruned)", "log"),
+          ("penalty_per_n", "KL per training example (nats)", "log"),
+          ("prunable_pct", "% of weights at the reference threshold", "linear"))
+
+
 def learning_curves(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
-    """Test error (posterior mean, unpruned) per epoch, every recorded run."""
-    groups: dict[str, list] = {}
+    """Convergence, one figure per model: a row per experiment, a column per curve (test error, KL per
+    example, share of weights whose group statistic is past the method's reference threshold),
+    against epoch; the line is the mean over the recorded seeds, the band their range."""
+    by_model: dict[str, list] = {}
     for spec, seeds in _current(suite, profile, root):
-        for s in seeds:
-            h = pd.read_csv(result_dir(root, spec.id, profile, s) / "history.csv")
-            groups.setdefault(spec.model, []).append((f"{spec.label} s{s}", h))
-    if not groups:
-        return []
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.2), squeeze=False)
-    for ax, (model, runs) in zip(axes[0], groups.items()):
-        for label, h in runs:
-            ax.plot(h["epoch"], h["test_error_pct"], label=label, lw=1)
-        ax.set_title(model, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test error % (before pruning)")
-        ax.set_yscale("log")
-        ax.legend(fontsize=6)
-        ax.grid(alpha=0.3)
-    return _save(fig, out, "learning_curves" + ("" if profile == "paper" else "_" + profile))
+        runs = [pd.read_csv(result_dir(root, spec.id, profile, s) / "history.csv") for s in seeds]
+        if max(len(h) for h in runs) > 1:
+            by_model.setdefault(spec.model, []).append((spec, seeds, runs))
+    paths: list[Path] = []
+    suffix = "" if profile == "paper" else "_" + profile
+    for model, rows in by_model.items():
+        fig, axes = plt.subplots(len(rows), len(CURVES), figsize=(10, 1.9 * len(rows) + 0.6), squeeze=False,
+                                 sharex="row")
+        for r, (spec, seeds, runs) in enumerate(rows):
+            for c, (col, label, scale) in enumerate(CURVES):
+                ax = axes[r][c]
+                have = [h for h in runs if col in h.columns and h[col].notna().any()]
+                if col == "penalty_per_n":
+                    have = [h for h in have if (h[col] > 0).any()]
+                if not have:
+                    tracked = col != "prunable_pct" or METHODS[spec.method].epoch_stats is not Method.epoch_stats
+                    ax.text(0.5, 0.5, "not recorded in these runs" if tracked else "not this method's",
+                            ha="center", va="center", transform=ax.transAxes, fontsize=7, color="grey")
+                    ax.set_yticks([])
+                else:
+                    frame = pd.concat([h[["epoch", col]] for h in have]).groupby("epoch")[col]
+                    stats = frame.agg(["mean", "min", "max"])
+                    ax.plot(stats.index, stats["mean"], lw=1.2, color=f"C{r % 10}")
+                    if len(have) > 1:
+                        ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.25, color=f"C{r % 10}",
+                                        lw=0)
+                    ax.set_yscale(scale)
+                ax.grid(alpha=0.3)
+                ax.tick_params(which="both", labelsize=7)
+                if r == 0:
+                    ax.set_title(label, fontsize=8)
+                if r == len(rows) - 1:
+                    ax.set_xlabel("epoch", fontsize=8)
+            axes[r][0].set_ylabel(f"{spec.label}\n({len(seeds)} seed{'s' * (len(seeds) > 1)})", fontsize=8)
+        fig.suptitle(f"{MODEL_TITLES.get(model, model)}: convergence ({profile})", fontsize=9)
+        fig.tight_layout()
+        paths += _save(fig, out, f"learning_curves_{model}{suffix}")
+    return paths
 
 
 def _mean_std(frame: pd.DataFrame, by: str | None, cols: list[str]) -> pd.DataFrame:

@@ -155,7 +155,7 @@ def test_bc_run_with_pretraining_then_table_and_figures(tmp_path, data_dir, caps
     assert f"wrote {results / 'lenet300.bc_ghs' / 'quick' / 'seed0' / 'sweep.csv'}\n" in out.err
     assert main(["figures", "--profile", "quick", *common]) == 0
     for name in ("tradeoff_lenet300_quick", "stat_hist_lenet300_bc_ghs_quick", "bc_bits_units_quick",
-                 "learning_curves_quick"):
+                 "learning_curves_lenet300_quick"):
         assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").exists()
 
 
