@@ -170,8 +170,10 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
         loss_m, nll_m, pen_m, wrong = (sums / n).tolist()
         _check_not_exploded(nll_m, logits.shape[1], epoch)  # before its checkpoint: that stays the last good one
         test_err = evaluate(model, test_x, test_y, device)
+        val_err = evaluate(model, data.val_x, data.val_y, device) if len(data.val_x) else float("nan")
         history.append({"epoch": epoch + 1, "train_loss": loss_m, "train_nll": nll_m, "penalty_per_n": pen_m,
                         "kl_beta": beta, "train_error_pct": 100 * wrong, "test_error_pct": test_err,
+                        "val_error_pct": val_err,
                         "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                         "host": platform.node(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                         **method.epoch_stats(model)})

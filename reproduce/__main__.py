@@ -31,7 +31,7 @@ from reproduce.registry import DATASETS
 from reproduce.run import parse_deadline, resolve_device, result_dir, run_one, status
 from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite
 from reproduce.sweep import setting_help, sweep
-from reproduce import table2
+from reproduce import table2, trials
 from reproduce.tables import embed, render_sweeps, render_table1, render_wall_times
 
 
@@ -53,7 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--profile", default="paper", help=profile)
     p_run.add_argument("--seed", type=int, action="append", help="run only this seed (repeatable)")
     p_run.add_argument("--force", action="store_true", help="rerun even if current results exist")
-    for p in (p_run,):  # the verbs that can stop cleanly and resume later, on this or another machine
+    p_trial = sub.add_parser("trial", parents=[common],
+                             help="run recipe trials ([[trial]] of experiments.toml) and compare them with their experiment's other trials")
+    p_trial.add_argument("names", nargs="+", metavar="NAME", help="trial names (see `trials`)")
+    p_trial.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p_trial.add_argument("--data-dir", default=None)
+    p_trial.add_argument("--no-progress", action="store_true")
+    p_trials = sub.add_parser("trials", parents=[common],
+                              help="compare the recorded trials of an experiment, epoch by epoch: figures/trials_<id>.{md,png}")
+    p_trials.add_argument("experiment", nargs="?", default=None, help="experiment id (default: list the trials)")
+    for p in (p_run, p_trial):  # the verbs that can stop cleanly and resume later, on this or another machine
         p.add_argument("--stop-at", default=None, metavar="WHEN",
                        help="stop at the last epoch boundary before WHEN (+90m, +2h, +3600s, HH:MM or an ISO "
                             "time), leaving the resume point in results/.work/ (commit it); rerun to continue")
@@ -143,6 +152,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{spec.id} [{spec.profile}] seed {seed}: error {m['error_pct']:.2f} %, "
                       f"|w≠0|/|w| {m['nonzero_pct']:.2f} %, architecture {m['architecture']}, "
                       f"CR fast {m['cr_fast']:.1f}")
+        elif args.verb == "trial":
+            deadline = parse_deadline(args.stop_at) if args.stop_at else None
+            specs = [suite.resolve_trial(n) for n in args.names]  # all names checked before training
+            for name, spec in zip(args.names, specs):
+                for seed in spec.seeds:
+                    m = run_one(suite, spec, seed, args.results_dir, device=args.device, data_dir=args.data_dir,
+                                progress=not args.no_progress, deadline=deadline)
+                    print(f"trial {name} seed {seed}: error {m['error_pct']:.2f} %, |w≠0|/|w| {m['nonzero_pct']:.2f} %, "
+                          f"architecture {m['architecture']}, CR fast {m['cr_fast']:.1f}")
+            for exp_id in dict.fromkeys(s.id for s in specs):
+                print(trials.render(suite, exp_id, args.results_dir, args.figures_dir))
+        elif args.verb == "trials":
+            if args.experiment is None:
+                for name, t in suite.trials.items():
+                    print(f"{name:<28} {t['experiment']:<24} {t.get('description', '')}")
+            else:
+                print(trials.render(suite, args.experiment, args.results_dir, args.figures_dir))
         elif args.verb == "table1":
             gpu = resolve_device(args.device).type == "cuda"
             plan = plan_runs(suite, args.profile, args.results_dir, suite.ids("table1"), gpu=gpu)

@@ -159,7 +159,7 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
     method = METHODS[spec.method](**spec.method_args)
     model = MODELS[spec.model](layers=method.layers(), mean=data.mean, std=data.std, **spec.model_args)
     if spec.pretrain is not None:
-        pre_spec = suite.resolve(spec.pretrain, spec.profile)
+        pre_spec = suite.resolve(spec.pretrain, spec.pretrain_profile or spec.profile)
         pre_dir = result_dir(root, pre_spec.id, pre_spec.profile, seed)
         regenerate = status(root, pre_spec, seed) == "current" and artifact(pre_dir, "model") is None
         if regenerate:  # recorded by its metrics only (a large model is not in git): train it again
@@ -183,7 +183,8 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
         "threads": torch.get_num_threads(), "data_source": data.source, "n_train": len(data.subset(spec.train_subset).train_x),
         "wall_seconds": time.time() - started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "train_seconds": sum(h["seconds"] for h in history), "segments": _segments(history),
-        "pretrain": str(result_dir(root, spec.pretrain, spec.profile, seed)) if spec.pretrain else None,
+        "pretrain": str(result_dir(root, spec.pretrain, spec.pretrain_profile or spec.profile, seed))
+        if spec.pretrain else None,
     }
     tmp = root / f".tmp-{spec.id}-{spec.profile}-seed{seed}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

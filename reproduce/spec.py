@@ -29,6 +29,7 @@ EXPERIMENT_KEYS = ("id", "label", "table", "model", "dataset", "method", "target
 PROFILE_KEYS = ("description",) + RUN_KEYS + TRAIN_KEYS
 TARGET_KEYS = ("value", "tol", "tag", "source")
 EXPECTED_KEYS = ("value", "tol", "kind", "basis", "source")  # written by `python -m reproduce calibrate`
+TRIAL_KEYS = ("name", "experiment", "base", "description", "set")
 PUBLISHED_KEYS = ("model", "label", "source", "nonzero_pct", "architecture", "bits", "cr_fast", "cr_max", "error_pct")
 
 
@@ -60,6 +61,7 @@ class RunSpec:
     expected: dict[str, dict[str, Any]] = field(default_factory=dict)
     pretrain_hash: str | None = None  # the resolved pretrain's own hash (which covers its pretrain, and so on)
     model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model builder
+    pretrain_profile: str | None = None  # the profile its pretrain is resolved in (None: its own; trials: their base)
 
     def hashed_content(self) -> dict[str, Any]:
         """What determines the results of a run (seed aside), including what its pretrain was built from."""
@@ -91,6 +93,35 @@ class Suite:
     experiments: dict[str, dict[str, Any]]
     profiles: dict[str, dict[str, Any]]
     published: list[dict[str, Any]]
+    trials: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def resolve_trial(self, name: str) -> RunSpec:
+        """A [[trial]]: its experiment resolved in its `base` profile, with the keys of `set` replaced.
+
+        Its results go to results/<experiment>/trial.<name>/seed<k>/; its pretrain is the base
+        profile's (a trial from the dense net starts from the recorded paper model)."""
+        if name not in self.trials:
+            raise SpecError(f"unknown trial {name!r}; valid: {', '.join(self.trials) or '(none in this file)'}")
+        t = self.trials[name]
+        base = self.resolve(t["experiment"], t.get("base", "paper"))
+        sets = dict(t.get("set", {}))
+        where = f"trial {name!r}"
+        _check_keys(sets, RUN_KEYS + TRAIN_KEYS, f"{where}, set")
+        train = {**dataclasses.asdict(base.train), **{k: sets.pop(k) for k in TRAIN_KEYS if k in sets}}
+        try:
+            cfg = TrainConfig(**train)
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"{where}: {e}") from e
+        pretrain = sets.pop("pretrain", base.pretrain) or None  # pretrain = "" trains from scratch
+        if pretrain is not None and pretrain not in self.experiments:
+            raise SpecError(f"{where}: pretrain {pretrain!r} is not an experiment id; valid: {', '.join(self.experiments)}")
+        method_args = {**base.method_args, **sets.pop("method_args", {})}
+        _check_run_values(sets, where)
+        return dataclasses.replace(
+            base, profile=f"trial.{name}", label=f"{base.label} [{name}]", train=cfg, method_args=method_args,
+            pretrain=pretrain, pretrain_profile=base.profile, expected={},
+            pretrain_hash=None if pretrain is None else self.resolve(pretrain, base.profile).hash,
+            **{k: (tuple(v) if k == "seeds" else v) for k, v in sets.items()})
 
     def ids(self, table: str | None = None) -> list[str]:
         return [i for i, e in self.experiments.items() if table is None or e.get("table") == table]
@@ -132,7 +163,7 @@ def load_suite(path: Path = DEFAULT_TOML) -> Suite:
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise SpecError(f"cannot read {path}: {e}") from e
-    _check_keys(raw, ("profiles", "experiment", "published"), str(path))
+    _check_keys(raw, ("profiles", "experiment", "published", "trial"), str(path))
     profiles = raw.get("profiles", {})
     for name, prof in profiles.items():
         _check_keys(prof, PROFILE_KEYS, f"[profiles.{name}]")
@@ -165,7 +196,24 @@ def load_suite(path: Path = DEFAULT_TOML) -> Suite:
         if row.get("model") not in MODELS:
             raise SpecError(f"[[published]] {row.get('label', '?')!r}: model {row.get('model')!r} unknown; "
                             f"valid: {', '.join(MODELS)}")
-    suite = Suite(experiments, profiles, raw.get("published", []))
+    trials: dict[str, dict[str, Any]] = {}
+    for t in raw.get("trial", []):
+        where = f"[[trial]] {t.get('name', '?')!r}"
+        _check_keys(t, TRIAL_KEYS, where)
+        if not str(t.get("name", "")).replace("_", "").isalnum() or t["name"] in trials:
+            raise SpecError(f"{where}: needs a unique name of letters, digits and _")
+        if t.get("experiment") not in experiments:
+            raise SpecError(f"{where}: experiment {t.get('experiment')!r} unknown; valid: {', '.join(experiments)}")
+        if t.get("base", "paper") not in profiles:
+            raise SpecError(f"{where}: base profile {t.get('base')!r} unknown; valid: {', '.join(profiles)}")
+        trials[t["name"]] = t
+    suite = Suite(experiments, profiles, raw.get("published", []), trials)
+    for name in trials:
+        spec = suite.resolve_trial(name)
+        try:
+            METHODS[spec.method](**spec.method_args)
+        except TypeError as e:
+            raise SpecError(f"trial {name!r}: bad method_args for {spec.method!r} ({e})") from e
     for exp_id in experiments:  # resolving checks TrainConfig values and method_args
         for p in profiles:
             spec = suite.resolve(exp_id, p)

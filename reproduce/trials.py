@@ -1,0 +1,94 @@
+"""Recipe trials: variants of one experiment, recorded and compared epoch by epoch.
+
+A `[[trial]]` of experiments.toml names an experiment, the profile it starts from (`base`) and the
+keys it changes (`set`); `python -m reproduce trial NAME` runs it (resumable, `--stop-at`) into
+results/<experiment>/trial.<name>/seed<k>/, and `python -m reproduce trials EXPERIMENT` compares
+every trial of that experiment: per epoch the validation error of the unpruned posterior mean, the
+KL per example and the share of weights past the method's reference threshold (from the finished
+run's history, or from the resume point of one still in progress), and for finished trials the
+table metrics under the experiment's own threshold rule. Trials never enter Table 1.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bayescomp.models import load_plain  # noqa: E402
+from reproduce.figures import save_figure  # noqa: E402
+from reproduce.run import load_result, result_dir, status  # noqa: E402
+from reproduce.spec import Suite  # noqa: E402
+
+CURVES = (("val_error_pct", "validation error % (unpruned)"), ("penalty_per_n", "KL per example (nats)"),
+          ("prunable_pct", "% weights past the reference threshold"))
+AT_EPOCHS = (5, 10, 25, 50, 100, 200)
+
+
+def trial_history(suite: Suite, name: str, root: Path, seed: int) -> tuple[pd.DataFrame | None, str]:
+    """(history, state): a finished trial's history.csv, or the epochs of its resume point so far."""
+    spec = suite.resolve_trial(name)
+    if status(root, spec, seed) == "current":
+        return pd.read_csv(result_dir(root, spec.id, spec.profile, seed) / "history.csv"), "finished"
+    ckpt = root / ".work" / spec.id / spec.profile / f"seed{seed}" / "checkpoint.pt"
+    if ckpt.exists():
+        state = load_plain(ckpt, f"delete it to restart the trial: rm {ckpt}")
+        return pd.DataFrame(state["history"]), f"in progress ({state['epoch']}/{spec.train.epochs} epochs)"
+    return None, "not started"
+
+
+def compare(suite: Suite, experiment: str, root: Path, seed: int = 0) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One row per trial of `experiment`: what it changes, its curves at AT_EPOCHS, final metrics."""
+    names = [n for n, t in suite.trials.items() if t["experiment"] == experiment]
+    if not names:
+        raise ValueError(f"no [[trial]] of {experiment!r} in the experiments file; trials exist for: "
+                         f"{', '.join(sorted({t['experiment'] for t in suite.trials.values()})) or '(none)'}")
+    rows, histories = [], {}
+    for name in names:
+        spec = suite.resolve_trial(name)
+        hist, state = trial_history(suite, name, root, seed)
+        row = {"trial": name, "changes": ", ".join(f"{k}={v}" for k, v in suite.trials[name].get("set", {}).items()),
+               "state": state}
+        if hist is not None:
+            histories[name] = hist
+            for e in AT_EPOCHS:
+                if e <= len(hist):
+                    h = hist.iloc[e - 1]
+                    row[f"val err @{e}"] = h.get("val_error_pct")
+                    row[f"prunable % @{e}"] = h.get("prunable_pct")
+        if state == "finished":
+            m = load_result(root, spec, seed)
+            row.update({"error %": m["error_pct"], "|w≠0|/|w| %": m["nonzero_pct"], "architecture": m["architecture"],
+                        "CR fast": m["cr_fast"]})
+        rows.append(row)
+    return pd.DataFrame(rows), histories
+
+
+def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int = 0) -> str:
+    """figures/trials_<experiment>.{md,png,pdf}; returns the markdown."""
+    frame, histories = compare(suite, experiment, root, seed)
+    figures.mkdir(parents=True, exist_ok=True)
+    text = (f"# Recipe trials of {experiment} (seed {seed})\n\n"
+            + frame.to_markdown(index=False, floatfmt=".2f") + "\n")
+    (figures / f"trials_{experiment}.md").write_text(text)
+    if histories:
+        fig, axes = plt.subplots(1, len(CURVES), figsize=(12, 3.4))
+        for i, (name, h) in enumerate(histories.items()):
+            for ax, (col, label) in zip(axes, CURVES):
+                if col in h.columns and h[col].notna().any():
+                    ax.plot(h["epoch"], h[col], label=name, color=f"C{i % 10}", lw=1.2)
+                ax.set_title(label, fontsize=8)
+                ax.set_xlabel("epoch", fontsize=8)
+                ax.grid(alpha=0.3)
+                ax.tick_params(which="both", labelsize=7)
+        axes[1].set_yscale("log")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"recipe trials: {experiment}, seed {seed}", fontsize=9)
+        fig.tight_layout()
+        for suffix in (".png", ".pdf"):
+            save_figure(fig, figures / f"trials_{experiment}{suffix}")
+        plt.close(fig)
+    return text

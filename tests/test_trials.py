@@ -1,0 +1,61 @@
+"""Recipe trials: a variant of an experiment, recorded beside it, compared epoch by epoch."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reproduce.__main__ import main
+from reproduce.spec import SpecError, load_suite
+from tests.test_reproduce import BC, TINY
+
+TRIALS = '''
+[[trial]]
+name = "ghs_warm"
+experiment = "lenet300.bc_ghs"
+base = "quick"
+description = "KL warm-up"
+set = { epochs = 2, kl_warmup_epochs = 2 }
+
+[[trial]]
+name = "ghs_scratch"
+experiment = "lenet300.bc_ghs"
+base = "quick"
+set = { pretrain = "", method_args = { scale_lr_mult = 2.0 } }
+'''
+
+
+def test_a_trial_changes_only_its_keys_and_starts_from_its_base_profiles_pretrain(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC + TRIALS)
+    suite = load_suite(path)
+    base, warm, scratch = (suite.resolve("lenet300.bc_ghs", "quick"), suite.resolve_trial("ghs_warm"),
+                           suite.resolve_trial("ghs_scratch"))
+    assert warm.profile == "trial.ghs_warm" and warm.pretrain_profile == "quick"
+    assert (warm.train.epochs, warm.train.kl_warmup_epochs, warm.train.batch_size) == (2, 2, base.train.batch_size)
+    assert warm.pretrain_hash == base.pretrain_hash and warm.hash != base.hash
+    assert scratch.pretrain is None and scratch.method_args["scale_lr_mult"] == 2.0
+
+
+@pytest.mark.parametrize("bad, message", [('set = { epochz = 3 }', "unknown key"),
+                                          ('set = { epochs = "3" }', "epochs must be an integer"),
+                                          ('experiment = "lenet300.nope"\nset = {}', "experiment 'lenet300.nope' unknown")])
+def test_a_bad_trial_is_refused_at_load(tmp_path, bad, message):
+    path = tmp_path / "e.toml"
+    text = f'[[trial]]\nname = "t"\n' + (bad if "experiment" in bad else f'experiment = "lenet300.bc_ghs"\n{bad}')
+    path.write_text(TINY + BC + text + "\n")
+    with pytest.raises(SpecError, match=message):
+        load_suite(path)
+
+
+def test_trial_runs_records_beside_its_experiment_and_compares(tmp_path, data_dir, capsys):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC + TRIALS)
+    args = ["--spec", str(path), "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")]
+    assert main(["trial", "ghs_warm", "--data-dir", str(data_dir), "--no-progress", "--device", "cpu", *args]) == 0
+    folder = tmp_path / "r" / "lenet300.bc_ghs" / "trial.ghs_warm" / "seed0"
+    assert json.loads((folder / "spec.json").read_text())["pretrain"].endswith("lenet300.dense/quick/seed0")
+    out = capsys.readouterr().out
+    assert "| ghs_warm " in out and "finished" in out and "| ghs_scratch " in out and "not started" in out
+    assert (tmp_path / "f" / "trials_lenet300.bc_ghs.png").exists()
+    assert not (tmp_path / "r" / "lenet300.bc_ghs" / "quick").exists()  # the experiment's own rows untouched
