@@ -1,178 +1,317 @@
-"""A real storage format for compressed weights, with a decoder that returns them bit for bit.
+"""The compressed weight file behind CR max (`model.bcw`), and its decoder.
 
-Per layer, in the style of Deep Compression [HMD16] Sec. 3-4:
-- positions of the nonzero weights (row-major) as relative indices (gaps); a gap larger than
-  2^index_bits - 2 is split with filler symbols (the largest symbol = "skip that many, no weight");
-- values: as indices into a codebook of the distinct nonzero float32 values ("codebook"), or, when
-  that is not smaller, as raw float32 ("raw", e.g. for an uncompressed dense layer);
-- gaps and codebook indices Huffman-coded (canonical codes, transmitted as code lengths).
-The artifact is the concatenation of the layers; `encode` returns its bytes, `decode` inverts it.
-Biases are not stored (the paper's compression rates exclude them).
+The file holds the weights of every prunable layer of a structurally pruned model (`model.pt`,
+bayescomp.prune.export), biases excluded as in the paper's compression rates [LUW17] Sec. 5.
+Format "BCW2" (integers are LEB128 varints, signed ones zigzag; streams as bayescomp.entropy):
 
+    file   := "BCW2" n_layers layer*
+    layer  := len(name) name ndim dim*  rows cols  layout values
+    rows, cols := which outputs (dim 0) and inputs (dim 1) of the dense layer are kept, as
+        u8 kind: 0 all | 1 the first k (varint k) | 2 bitmap (ceil(dim/8) bytes, MSB first).
+        The kept block W[rows][:, cols] (conv: whole kernels) is model.pt's weight tensor.
+    layout := u8 0 "block": every entry of the block is a value (zeros included), row-major
+            | u8 1 "sparse": u8 b, then a stream of the relative indices of the block's nonzero
+              entries, row-major (gap - 1 in 0..2^b-2; 2^b-1 = skip 2^b-1 entries) [HMD16] Sec. 3
+    values := u8 0 "grid": zigzag t, zigzag lo, stream of q - lo; value = q·2^-t
+            | u8 1 "codebook": varint K, K float32 (little endian), stream of indices
+            | u8 2 "raw": one float32 per value (little endian)
+
+Per layer the encoder writes the smallest combination of layout, b, value mode and coder. "grid"
+applies when every value is q·2^-t with integer q: a layer rounded to t significand bits
+(bayescomp.precision, BC and Sparse VD) is exactly that, found from the values themselves (the
+smallest such t). A codebook of k-means centroids (Deep Compression) stays a codebook.
+Hidden units are stored as the first k of their layer: a network's function does not depend on
+their order, and model.pt does not keep their original positions; the network's inputs (kept
+pixels, kept features of the flattened conv output) are stored as they are. −0.0 is stored as
++0.0 (the format has one zero). Not here: CR max itself (bayescomp.metrics), the coders of the
+symbol streams (bayescomp.entropy).
+
+[LUW17] Louizos, Ullrich, Welling. Bayesian Compression for Deep Learning. NIPS 2017.
 [HMD16] Han, Mao, Dally. Deep Compression. ICLR 2016.
 """
 from __future__ import annotations
 
-import heapq
-import struct
-from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-MAGIC = b"BCW1"
-MAX_CODEBOOK = 1 << 16  # more distinct values than this are stored raw
-_MODES = {0: "codebook", 1: "raw"}
+from bayescomp.entropy import Stream, decode_stream, encode_stream, read_varint, unzigzag, varint, zigzag
+from bayescomp.models import BUILDERS, InputSelect, prunable_layers
 
-
-def huffman_lengths(counts: dict[int, int]) -> dict[int, int]:
-    """Code length per symbol of an optimal prefix code (Huffman 1952); a lone symbol gets length 1."""
-    if len(counts) == 1:
-        return {next(iter(counts)): 1}
-    heap = [(c, i, [s]) for i, (s, c) in enumerate(sorted(counts.items()))]
-    heapq.heapify(heap)
-    lengths = dict.fromkeys(counts, 0)
-    tie = len(heap)
-    while len(heap) > 1:
-        c1, _, s1 = heapq.heappop(heap)
-        c2, _, s2 = heapq.heappop(heap)
-        for s in s1 + s2:
-            lengths[s] += 1
-        heapq.heappush(heap, (c1 + c2, tie, s1 + s2))
-        tie += 1
-    return lengths
+MAGIC = b"BCW2"
+MAX_ALPHABET = 1 << 16  # grid ranges and codebooks larger than this are stored raw
+MAX_T = 64  # finest grid step tried, 2^-64
+MAX_GAP_BITS = 16  # widest relative index tried (alphabet 2^16)
+MASKS = ("all", "prefix", "bitmap")
+LAYOUTS = ("block", "sparse")
+VALUES = ("grid", "codebook", "raw")
 
 
-def canonical_codes(lengths: dict[int, int]) -> dict[int, tuple[int, int]]:
-    """symbol -> (code, length), canonical order: by length, then symbol."""
-    codes, code, prev = {}, 0, 0
-    for sym, ln in sorted(lengths.items(), key=lambda kv: (kv[1], kv[0])):
-        code <<= ln - prev
-        codes[sym] = (code, ln)
-        code, prev = code + 1, ln
-    return codes
+@dataclass(frozen=True)
+class StoredLayer:
+    """One prunable layer as the file holds it.
+
+    shape: the dense layer's weight shape, (out, in) or (out, in, kh, kw).
+    rows, cols: kept output and input indices (sorted, int64).
+    block: the kept weights, (len(rows), len(cols), *shape[2:]) float32: model.pt's weight.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    rows: Tensor
+    cols: Tensor
+    block: Tensor
 
 
-def _pack(symbols: np.ndarray, codes: dict[int, tuple[int, int]]) -> tuple[bytes, int]:
-    if len(symbols) == 0:
-        return b"", 0
-    table_code = np.zeros(max(codes) + 1, dtype=np.int64)
-    table_len = np.zeros(max(codes) + 1, dtype=np.int64)
-    for s, (c, ln) in codes.items():
-        table_code[s], table_len[s] = c, ln
-    code, ln = table_code[symbols], table_len[symbols]
-    rep_code, rep_len = np.repeat(code, ln), np.repeat(ln, ln)
-    starts = np.repeat(np.cumsum(ln) - ln, ln)
-    k = np.arange(len(rep_len)) - starts
-    bits = ((rep_code >> (rep_len - 1 - k)) & 1).astype(np.uint8)
-    return np.packbits(bits).tobytes(), int(len(bits))
+@dataclass
+class _Part:
+    """Bytes of a piece of a layer, and what they are spent on."""
+
+    blob: bytes = b""
+    positions: int = 0
+    values: int = 0
+    tables: int = 0
+    header: int = 0
+    entropy_bits: float = 0.0
+
+    def __add__(self, o: _Part) -> _Part:
+        return _Part(self.blob + o.blob, self.positions + o.positions, self.values + o.values,
+                     self.tables + o.tables, self.header + o.header, self.entropy_bits + o.entropy_bits)
 
 
-def _unpack(blob: bytes, n_bits: int, n_symbols: int, lengths: dict[int, int]) -> np.ndarray:
-    lookup = {(ln, c): s for s, (c, ln) in canonical_codes(lengths).items()}
-    bits = np.unpackbits(np.frombuffer(blob, dtype=np.uint8))[:n_bits].tolist()
-    out, code, ln = [], 0, 0
-    for b in bits:
-        code, ln = (code << 1) | b, ln + 1
-        sym = lookup.get((ln, code))
-        if sym is not None:
-            out.append(sym)
-            code, ln = 0, 0
-    if len(out) != n_symbols or ln != 0:
-        raise ValueError("corrupt bit stream")
-    return np.asarray(out, dtype=np.int64)
-
-
-def _huffman_block(symbols: np.ndarray, alphabet: int) -> bytes:
-    counts = Counter(symbols.tolist())
-    lengths = huffman_lengths(counts) if counts else {}
-    blob, n_bits = _pack(symbols, canonical_codes(lengths)) if counts else (b"", 0)
-    table = bytes(lengths.get(s, 0) for s in range(alphabet))
-    return struct.pack("<III", alphabet, len(symbols), n_bits) + table + struct.pack("<I", len(blob)) + blob
-
-
-def _read_huffman_block(buf: memoryview, pos: int) -> tuple[np.ndarray, int]:
-    alphabet, n_sym, n_bits = struct.unpack_from("<III", buf, pos)
-    pos += 12
-    lengths = {s: ln for s, ln in enumerate(bytes(buf[pos:pos + alphabet])) if ln}
-    pos += alphabet
-    (n_blob,) = struct.unpack_from("<I", buf, pos)
-    pos += 4
-    syms = _unpack(bytes(buf[pos:pos + n_blob]), n_bits, n_sym, lengths) if n_sym else np.zeros(0, np.int64)
-    return syms, pos + n_blob
-
-
-def encode_layer(w: Tensor, index_bits: int = 8) -> bytes:
-    """One layer (any shape) -> bytes. −0.0 is stored as +0.0 (a pruned weight either way)."""
-    flat = (w.detach().cpu().to(torch.float32).flatten() + 0.0).numpy()
-    nz = np.flatnonzero(flat)
-    filler = (1 << index_bits) - 1
-    gaps = np.diff(nz, prepend=-1)  # >= 1; store gap - 1 in 0..filler-1, filler = skip `filler` positions
-    reps = (gaps - 1) // filler  # fillers before each gap's own symbol
-    sym = np.full(int((reps + 1).sum()), filler, dtype=np.int64)
-    sym[np.cumsum(reps + 1) - 1] = gaps - 1 - reps * filler
-    values = flat[nz]
-    book, idx = np.unique(values, return_inverse=True)
-    head = MAGIC + struct.pack("<B", w.dim()) + struct.pack(f"<{w.dim()}I", *w.shape) + struct.pack("<B", index_bits)
-    body_pos = _huffman_block(sym, filler + 1)
-    raw = values.astype("<f4").tobytes()
-    if len(book) <= MAX_CODEBOOK and len(book) < len(values) // 2:  # else the codebook alone costs as much as raw
-        cb = struct.pack("<I", len(book)) + book.astype("<f4").tobytes() + _huffman_block(idx.astype(np.int64), len(book))
-        if len(cb) < len(raw) + 4:
-            return head + struct.pack("<B", 0) + body_pos + cb
-    return head + struct.pack("<B", 1) + body_pos + struct.pack("<I", len(values)) + raw
-
-
-def decode_layer(blob: bytes, pos: int = 0) -> tuple[Tensor, int]:
-    """Inverse of `encode_layer`; returns the tensor and the position after it."""
-    buf = memoryview(blob)
-    if bytes(buf[pos:pos + 4]) != MAGIC:
-        raise ValueError("not an encoded layer")
-    (ndim,) = struct.unpack_from("<B", buf, pos + 4)
-    shape = struct.unpack_from(f"<{ndim}I", buf, pos + 5)
-    pos += 5 + 4 * ndim
-    (index_bits,), (mode,) = struct.unpack_from("<B", buf, pos), struct.unpack_from("<B", buf, pos + 1)
-    pos += 2
-    filler = (1 << index_bits) - 1
-    sym, pos = _read_huffman_block(buf, pos)
-    if _MODES[mode] == "codebook":
-        (n_book,) = struct.unpack_from("<I", buf, pos)
-        book = np.frombuffer(bytes(buf[pos + 4:pos + 4 + 4 * n_book]), dtype="<f4")
-        idx, pos = _read_huffman_block(buf, pos + 4 + 4 * n_book)
-        values = book[idx]
-    else:
-        (n,) = struct.unpack_from("<I", buf, pos)
-        values = np.frombuffer(bytes(buf[pos + 4:pos + 4 + 4 * n]), dtype="<f4")
-        pos += 4 + 4 * n
-    positions, cur = [], -1
-    skip = 0
-    for s in sym.tolist():
-        if s == filler:
-            skip += filler
-            continue
-        cur += skip + s + 1
-        skip = 0
-        positions.append(cur)
-    flat = np.zeros(int(np.prod(shape)), dtype=np.float32)
-    flat[np.asarray(positions, dtype=np.int64)] = values
-    return torch.from_numpy(flat).view(*shape), pos
-
-
-def encode(weights: dict[str, Tensor], index_bits: dict[str, int] | None = None) -> bytes:
-    """All layers -> one artifact. index_bits per layer (default 8 for conv, 5 for Linear, as [HMD16])."""
-    out = []
-    for name, w in weights.items():
-        bits = (index_bits or {}).get(name, 8 if w.dim() == 4 else 5)
-        out.append(struct.pack("<H", len(name)) + name.encode() + encode_layer(w, bits))
-    return b"".join(out)
-
-
-def decode(blob: bytes) -> dict[str, Tensor]:
-    """Inverse of `encode`."""
-    out, pos = {}, 0
-    while pos < len(blob):
-        (n,) = struct.unpack_from("<H", blob, pos)
-        name = blob[pos + 2:pos + 2 + n].decode()
-        out[name], pos = decode_layer(blob, pos + 2 + n)
+def stored_layers(model: nn.Module, model_name: str) -> list[StoredLayer]:
+    """The prunable layers of a structurally pruned model (as `bayescomp.prune.export` builds it) in
+    the frame of the dense model `BUILDERS[model_name]()`: kept inputs from its InputSelect, hidden
+    units as the first k."""
+    with torch.device("meta"):
+        dense = dict(prunable_layers(BUILDERS[model_name]()))
+    out, select = [], None
+    for name, m in model.named_modules():
+        if isinstance(m, InputSelect):
+            select = m.index.detach().cpu().long()
+        elif name in dense:
+            w = m.weight.detach().cpu().float()
+            shape = tuple(dense[name].weight.shape)
+            cols = select if select is not None else torch.arange(w.shape[1])
+            out.append(StoredLayer(name, shape, torch.arange(w.shape[0]), cols, w))
+            select = None
+    if [layer.name for layer in out] != list(dense):
+        raise ValueError(f"{model_name}: the model's prunable layers {[layer.name for layer in out]} are not "
+                         f"those of the dense model {list(dense)}")
     return out
+
+
+def encode_model(model: nn.Module, model_name: str) -> tuple[bytes, list[dict[str, Any]]]:
+    """The file of a structurally pruned model, and a coding report per layer (see `encode`)."""
+    return encode(stored_layers(model, model_name))
+
+
+def encode(layers: list[StoredLayer]) -> tuple[bytes, list[dict[str, Any]]]:
+    """All layers -> the file's bytes, and a report per layer: dense (weights of the dense layer),
+    the layout, value mode, t and coders chosen, entropy_bits (n·H of its coded symbols, raw float32
+    at 32 bits) and positions / values / tables / header bytes, which sum to its share of the file
+    (the file's own header counts as the first layer's)."""
+    blob, report = MAGIC + varint(len(layers)), []
+    file_header = len(blob)
+    for layer in layers:
+        part, info = _encode_layer(layer)
+        part.header += file_header
+        file_header = 0
+        blob += part.blob
+        report.append({"layer": layer.name, "dense": int(np.prod(layer.shape)), **info,
+                       "entropy_bits": part.entropy_bits,
+                       "positions_bytes": part.positions, "values_bytes": part.values,
+                       "table_bytes": part.tables, "header_bytes": part.header,
+                       "bytes": part.positions + part.values + part.tables + part.header})
+    return blob, report
+
+
+def decode(path: str | Path, dense: bool = False) -> dict[str, Tensor]:
+    """The weights of a `model.bcw` file, by layer name: model.pt's weight tensors (dense=False), or
+    the dense layers' shapes with zeros outside the kept block (dense=True)."""
+    return decode_bytes(Path(path).read_bytes(), dense)
+
+
+def decode_bytes(blob: bytes, dense: bool = False) -> dict[str, Tensor]:
+    """`decode` of the file's bytes."""
+    out = {}
+    for layer in read_layers(blob):
+        if dense:
+            w = torch.zeros(layer.shape)
+            w[layer.rows[:, None], layer.cols[None, :]] = layer.block
+            out[layer.name] = w
+        else:
+            out[layer.name] = layer.block
+    return out
+
+
+def read_layers(blob: bytes) -> list[StoredLayer]:
+    """Parse a file into its layers (inverse of `encode`)."""
+    if blob[:4] != MAGIC:
+        raise ValueError(f"not a {MAGIC.decode()} file (starts with {blob[:4]!r})")
+    n_layers, pos = read_varint(blob, 4)
+    layers = []
+    for _ in range(n_layers):
+        layer, pos = _read_layer(blob, pos)
+        layers.append(layer)
+    if pos != len(blob):
+        raise ValueError(f"{len(blob) - pos} bytes after the last layer")
+    return layers
+
+
+def _encode_layer(layer: StoredLayer) -> tuple[_Part, dict[str, Any]]:
+    name = layer.name.encode()
+    head = varint(len(name)) + name + bytes([len(layer.shape)]) + b"".join(varint(d) for d in layer.shape)
+    frame = _Part(head, header=len(head)) + _mask(layer.rows, layer.shape[0]) + _mask(layer.cols, layer.shape[1])
+    flat = (layer.block.detach().cpu().to(torch.float32).flatten() + 0.0).numpy()  # −0.0 -> +0.0
+    nz = np.flatnonzero(flat)
+    block_vals, block_info = _values(flat)
+    sparse_pos, b, pos_coder = _positions(nz)
+    sparse_vals, sparse_info = _values(flat[nz])
+    block = _Part(bytes([0]), header=1) + block_vals
+    sparse = _Part(bytes([1, b]), header=2) + sparse_pos + sparse_vals
+    if len(block.blob) <= len(sparse.blob):
+        return frame + block, {"layout": "block", **block_info, "gap_bits": None, "positions_coder": None,
+                               "block": int(flat.size), "nonzero": int(nz.size)}
+    return frame + sparse, {"layout": "sparse", **sparse_info, "gap_bits": b, "positions_coder": pos_coder,
+                            "block": int(flat.size), "nonzero": int(nz.size)}
+
+
+def _mask(kept: Tensor, n: int) -> _Part:
+    k = kept.numpy()
+    if len(k) == n:
+        return _Part(bytes([0]), header=1)
+    if np.array_equal(k, np.arange(len(k))):
+        return _Part(bytes([1]) + varint(len(k)), header=1, positions=len(varint(len(k))))
+    bits = np.zeros(n, dtype=np.uint8)
+    bits[k] = 1
+    body = np.packbits(bits).tobytes()
+    return _Part(bytes([2]) + body, header=1, positions=len(body))
+
+
+def _read_mask(blob: bytes, pos: int, n: int) -> tuple[Tensor, int]:
+    kind = MASKS[blob[pos]]
+    pos += 1
+    if kind == "all":
+        return torch.arange(n), pos
+    if kind == "prefix":
+        k, pos = read_varint(blob, pos)
+        return torch.arange(k), pos
+    size = (n + 7) // 8
+    bits = np.unpackbits(np.frombuffer(blob[pos:pos + size], dtype=np.uint8))[:n]
+    return torch.from_numpy(np.flatnonzero(bits).astype(np.int64)), pos + size
+
+
+def _stream_part(s: Stream, kind: str) -> _Part:
+    return _Part(s.blob, header=s.header_bytes, tables=s.table_bytes, entropy_bits=s.entropy_bits,
+                 **{kind: s.payload_bytes})
+
+
+def _positions(nz: np.ndarray) -> tuple[_Part, int, str]:
+    """Relative indices of the nonzero entries, as the smallest stream over the filler width b."""
+    gaps = np.diff(nz, prepend=-1)  # >= 1
+    best: tuple[_Part, int, str] | None = None
+    top = min(int(gaps.max()).bit_length() + 1, MAX_GAP_BITS) if len(gaps) else 1
+    for b in range(1, top + 1):
+        filler = (1 << b) - 1
+        reps = (gaps - 1) // filler  # fillers before each gap's own symbol
+        sym = np.full(int((reps + 1).sum()), filler, dtype=np.int64)
+        sym[np.cumsum(reps + 1) - 1] = gaps - 1 - reps * filler
+        s = encode_stream(sym, filler + 1)
+        if best is None or len(s.blob) < len(best[0].blob):
+            best = (_stream_part(s, "positions"), b, s.coder)
+    assert best is not None
+    return best
+
+
+def _read_positions(blob: bytes, pos: int, b: int) -> tuple[np.ndarray, int]:
+    sym, pos = decode_stream(blob, pos)
+    filler = (1 << b) - 1
+    step = np.where(sym == filler, filler, sym + 1)
+    return (np.cumsum(step) - 1)[sym != filler], pos
+
+
+def _grid(values: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """(t, q) with values = q·2^-t exactly, q integers in a range of at most MAX_ALPHABET, t smallest."""
+    v = values.astype(np.float64)
+    top = float(np.abs(v).max()) if len(v) else 0.0
+    for t in range(MAX_T + 1):
+        q = v * 2.0 ** t  # exact: a power-of-two scaling of a float32
+        if len(q) and q.max() - q.min() >= MAX_ALPHABET:
+            return None
+        if np.array_equal(q, np.round(q)):
+            return t, q.astype(np.int64)
+        if top * 2.0 ** t >= MAX_ALPHABET:
+            return None
+    return None
+
+
+def _values(values: np.ndarray) -> tuple[_Part, dict[str, Any]]:
+    """The smallest of grid / codebook / raw for these float32 values (+0.0 for zeros)."""
+    raw = values.astype("<f4").tobytes()
+    options: list[tuple[_Part, dict[str, Any]]] = [
+        (_Part(bytes([2]) + raw, header=1, values=len(raw), entropy_bits=32.0 * len(values)),
+                {"values": "raw", "t": None, "values_coder": None})]
+    grid = _grid(values)
+    if grid is not None:
+        t, q = grid
+        lo = int(q.min()) if len(q) else 0
+        head = bytes([0]) + varint(zigzag(t)) + varint(zigzag(lo))
+        s = encode_stream(q - lo, int(q.max()) - lo + 1 if len(q) else 1)
+        options.append((_Part(head, header=len(head)) + _stream_part(s, "values"),
+                        {"values": "grid", "t": t, "values_coder": s.coder}))
+    book, idx = np.unique(values, return_inverse=True)
+    if len(book) <= MAX_ALPHABET and 4 * len(book) < len(raw):
+        head = bytes([1]) + varint(len(book))
+        entries = book.astype("<f4").tobytes()
+        s = encode_stream(idx.ravel(), len(book))
+        options.append((_Part(head + entries, header=len(head), values=len(entries)) + _stream_part(s, "values"),
+                        {"values": "codebook", "t": None, "values_coder": s.coder}))
+    return min(options, key=lambda o: len(o[0].blob))
+
+
+def _read_values(blob: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
+    mode = VALUES[blob[pos]]
+    pos += 1
+    if mode == "raw":
+        return np.frombuffer(blob[pos:pos + 4 * n], dtype="<f4").astype(np.float32), pos + 4 * n
+    if mode == "grid":
+        zt, pos = read_varint(blob, pos)
+        zlo, pos = read_varint(blob, pos)
+        sym, pos = decode_stream(blob, pos)
+        return ((sym + unzigzag(zlo)).astype(np.float64) * 2.0 ** -unzigzag(zt)).astype(np.float32), pos
+    k, pos = read_varint(blob, pos)
+    book = np.frombuffer(blob[pos:pos + 4 * k], dtype="<f4").astype(np.float32)
+    idx, pos = decode_stream(blob, pos + 4 * k)
+    return book[idx], pos
+
+
+def _read_layer(blob: bytes, pos: int) -> tuple[StoredLayer, int]:
+    n, pos = read_varint(blob, pos)
+    name = blob[pos:pos + n].decode()
+    ndim = blob[pos + n]
+    pos += n + 1
+    shape = []
+    for _ in range(ndim):
+        d, pos = read_varint(blob, pos)
+        shape.append(d)
+    rows, pos = _read_mask(blob, pos, shape[0])
+    cols, pos = _read_mask(blob, pos, shape[1])
+    block_shape = (len(rows), len(cols), *shape[2:])
+    size = int(np.prod(block_shape))
+    layout = LAYOUTS[blob[pos]]
+    if layout == "block":
+        values, pos = _read_values(blob, pos + 1, size)
+        flat = values
+    else:
+        nz, pos = _read_positions(blob, pos + 2, blob[pos + 1])
+        values, pos = _read_values(blob, pos, len(nz))
+        flat = np.zeros(size, dtype=np.float32)
+        flat[nz] = values
+    if flat.size != size:
+        raise ValueError(f"layer {name}: {flat.size} values for a block of {size}")
+    return StoredLayer(name, tuple(shape), rows, cols, torch.from_numpy(flat.copy()).view(block_shape)), pos

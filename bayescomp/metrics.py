@@ -7,27 +7,33 @@ Definitions (DESIGN.md; REPRODUCING.md repeats them for readers):
 - bits: total bits per weight per layer; 32 where not quantised.
 - cr_fast: 32 |W| / sum_l n_l b_l, n_l the weights of the structurally pruned dense layer l
   [LUW17] Sec. 5 ("fast prediction"); biases excluded.
-- cr_max: 32 |W| / bits of the artifact written by bayescomp.coding (sparse relative indices,
-  codebook indices, Huffman), whose decoder returns the same weights (checked here up to
-  VERIFY_MAX_NONZERO nonzero weights); artifact_bytes: its size.
+- cr_max: 32 |W| / bits of the weight file (`model.bcw`, format in bayescomp.coding), headers
+  included, whose decoder returns model.pt's weights (checked here up to VERIFY_MAX_NONZERO
+  nonzero weights); artifact_bytes: its size, and artifact_{positions,values,header}_bytes what
+  they are spent on (header: structure, coder tables); coding: per layer, what was chosen, its
+  bytes and the empirical entropy of its coded symbols.
+- cr_max_entropy: 32 |W| / sum over layers of n·H of the coded symbols (raw float32 at 32 bits):
+  the CR max of an ideal zeroth-order coder with free tables, headers and masks.
 - flops_dense / flops_pruned: multiply-adds per image, counted by torch's FlopCounterMode.
 """
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bayescomp.coding import decode, encode
+from bayescomp.coding import decode_bytes, encode_model
 from bayescomp.data import ImageData
 from bayescomp.method import Compressed
+from bayescomp.models import prunable_layers
 from bayescomp.prune import LayerStructure, export, structure
 from bayescomp.train import evaluate
 
-VERIFY_MAX_NONZERO = 2_000_000  # decoding is a Python loop: verify round trips up to this size
+VERIFY_MAX_NONZERO = 2_000_000  # Huffman decoding is a Python loop: verify round trips up to this size
 
 
 def nonzero_pct(weights: list[Tensor]) -> float:
@@ -41,6 +47,42 @@ def cr_fast(struct: list[LayerStructure], bits: list[int], dense_weights: int) -
     return 32.0 * dense_weights / stored
 
 
+def cr_max(artifact_bytes: int, dense_weights: int) -> float:
+    """32 |W| / bits of the weight file, headers included. [LUW17] Sec. 5 ("maximum compression")"""
+    return 32.0 * dense_weights / (8 * artifact_bytes)
+
+
+def artifact_metrics(small: nn.Module, model_name: str, path: Path | None = None) -> dict[str, Any]:
+    """Encode a structurally pruned model's weights (bayescomp.coding), write the file to `path` if
+    given, check that it decodes to the model's weights (−0.0 read as +0.0), and measure it.
+
+    |W| is the dense network's prunable weights, from the dense shapes the file records.
+    """
+    blob, coding = encode_model(small, model_name)
+    weights = {n: m.weight.detach().cpu().float() + 0.0 for n, m in prunable_layers(small)}
+    verified = None
+    if sum(int(w.count_nonzero()) for w in weights.values()) <= VERIFY_MAX_NONZERO:
+        back = decode_bytes(blob)
+        verified = list(back) == list(weights) and all(
+            back[n].shape == w.shape and torch.equal(back[n].view(torch.int32), w.view(torch.int32))
+            for n, w in weights.items())
+        if not verified:
+            raise RuntimeError("the weight file did not decode to the model's weights; this is a bug in bayescomp.coding")
+    if path is not None:
+        path.write_bytes(blob)
+    dense = sum(c["dense"] for c in coding)
+    return {
+        "cr_max": cr_max(len(blob), dense),
+        "cr_max_entropy": 32.0 * dense / max(sum(c["entropy_bits"] for c in coding), 1.0),  # 0 bits: all constant
+        "artifact_bytes": len(blob),
+        "artifact_positions_bytes": sum(c["positions_bytes"] for c in coding),
+        "artifact_values_bytes": sum(c["values_bytes"] for c in coding),
+        "artifact_header_bytes": sum(c["header_bytes"] + c["table_bytes"] for c in coding),
+        "artifact_verified": verified,
+        "coding": coding,
+    }
+
+
 def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-adds of one forward pass on one example (FlopCounterMode counts 2 FLOPs per MAC)."""
     param = next(model.parameters())
@@ -52,8 +94,9 @@ def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def summarize(compressed: Compressed, data: ImageData, model_name: str, device: torch.device | str = "cpu",
-              test_subset: int | None = None) -> tuple[dict[str, Any], nn.Module]:
-    """Measure a compressed model; returns (metrics, the structurally pruned dense model)."""
+              test_subset: int | None = None, artifact_path: Path | None = None) -> tuple[dict[str, Any], nn.Module]:
+    """Measure a compressed model; returns (metrics, the structurally pruned dense model).
+    artifact_path: where to write the weight file whose size gives CR max (e.g. <results>/model.bcw)."""
     weights = {n: layer.weight.detach().cpu() for n, layer in compressed.layers.items()}
     bits = [layer.bits for layer in compressed.layers.values()]
     struct = structure(weights)
@@ -63,13 +106,7 @@ def summarize(compressed: Compressed, data: ImageData, model_name: str, device: 
     buf = io.BytesIO()
     torch.save(small.state_dict(), buf)
     dense_n = sum(w.numel() for w in weights.values())
-    artifact = encode(weights)
-    verified = None
-    if sum(int(w.count_nonzero()) for w in weights.values()) <= VERIFY_MAX_NONZERO:
-        back = decode(artifact)
-        verified = all(torch.equal(back[n], w) for n, w in weights.items())
-        if not verified:
-            raise RuntimeError("the weight encoder did not round-trip; this is a bug in bayescomp.coding")
+    artifact = artifact_metrics(small, model_name, artifact_path)
     metrics: dict[str, Any] = {
         "error_pct": evaluate(small.to(device), x, y, device),
         "error_masked_pct": evaluate(compressed.model.to(device), x, y, device),
@@ -77,15 +114,15 @@ def summarize(compressed: Compressed, data: ImageData, model_name: str, device: 
         "architecture": "-".join(map(str, widths)),
         "bits": "-".join(map(str, bits)),
         "cr_fast": cr_fast(struct, bits, dense_n),
-        "cr_max": 32.0 * dense_n / (8 * len(artifact)),
-        "artifact_bytes": len(artifact),
-        "artifact_verified": verified,
+        "cr_max": artifact.pop("cr_max"),
+        "cr_max_entropy": artifact.pop("cr_max_entropy"),
         "model_bytes": buf.getbuffer().nbytes,
         "n_weights_dense": dense_n,
         "n_weights_pruned": sum(s.n_weights for s in struct),
         "flops_dense": multiply_adds(compressed.model, tuple(x.shape[1:])),
         "flops_pruned": multiply_adds(small, tuple(x.shape[1:])),
         "test_images": len(x),
+        **artifact,
     }
     metrics.update({f"info_{k}": v for k, v in compressed.info.items()  # scalars and per-layer lists only
                     if isinstance(v, (int, float, str)) or (isinstance(v, list) and len(v) <= 32)})

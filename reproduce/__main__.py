@@ -27,6 +27,7 @@ from reproduce.executors import ExecutorUnavailable, LocalExecutor, plan_runs, r
 from reproduce.ray_executor import RayExecutor
 from reproduce.figures import all_figures
 from reproduce.migrate import migrate
+from reproduce.recode import format_rows, recode
 from reproduce.registry import DATASETS
 from reproduce.run import parse_deadline, resolve_device, result_dir, run_one, status
 from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p_cal.add_argument("--data-dir", default=None)
     p_cal.add_argument("--work-dir", type=Path, default=None,
                        help="keep the runs here (rerunning completes them) instead of a temporary folder")
+    p_rc = sub.add_parser("recode", parents=[common],
+                          help="rewrite every recorded model.bcw from its model.pt and update CR max (no retraining)")
+    p_rc.add_argument("--profile", default=None, help="only this profile: " + _profile_help(argv) + " (default: all)")
     sub.add_parser("migrate", parents=[common],
                    help="bring recorded results up to a changed spec hash where nothing they were built from changed")
     p_fig = sub.add_parser("figures", parents=[common], help="plots from recorded results (never trains)")
@@ -234,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote expected.{args.profile} of {table['experiment'].nunique()} experiments into {args.spec}; "
                   f"every measurement in {args.results_dir / 'check' / (args.profile + '_calibration.csv')}",
                   file=sys.stderr)
+        elif args.verb == "recode":
+            rows = recode(args.results_dir, args.profile)
+            for r in rows:
+                if "skipped" in r:
+                    print(f"{r['folder']}: skipped, {r['skipped']}", file=sys.stderr)
+            print(format_rows(rows))
         elif args.verb == "migrate":
             for exp_id, prof, seed, outcome in migrate(suite, args.results_dir):
                 print(f"{exp_id:<28} {prof:<6} seed{seed}: {outcome}")

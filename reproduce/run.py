@@ -1,9 +1,10 @@
 """Train, compress, measure and record one (experiment, profile, seed); resumable.
 
 Results: results/<id>/<profile>/seed<k>/{spec.json, history.csv, metrics.json, details.json,
-model.pt}, and posterior.pt for Bayesian runs. They are written into a temporary folder and moved
-into place in one rename, so a killed run never leaves a half-written results folder. Artifacts
-over 5 MB (a VGG model) are written as `*.large.pt`, which git ignores: the repository keeps their
+model.pt, model.bcw}, and posterior.pt for Bayesian runs (model.bcw: the weight file of CR max,
+bayescomp.coding). They are written into a temporary folder and moved into place in one rename,
+so a killed run never leaves a half-written results folder. Artifacts over 5 MB (a VGG model) are
+written as `*.large.pt` (`model.large.bcw`), which git ignores: the repository keeps their
 size and SHA-256 in spec.json, and a run that needs a missing one (as pretraining) regenerates it. Work in progress (the per-epoch checkpoint) lives in
 results/.work/<id>/<profile>/seed<k>/ and is dropped when the spec hash changes.
 """
@@ -173,7 +174,13 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
     history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / "checkpoint.pt",
                   progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset, deadline=deadline)
     compressed = method.compress(model, data.subset(spec.train_subset, spec.test_subset))  # the run's own data
-    metrics, small = summarize(compressed, data, spec.model, dev, test_subset=spec.test_subset)
+    tmp = root / f".tmp-{spec.id}-{spec.profile}-seed{seed}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    metrics, small = summarize(compressed, data, spec.model, dev, test_subset=spec.test_subset,
+                               artifact_path=tmp / "model.bcw")
+    if metrics["artifact_bytes"] > LARGE_BYTES:
+        (tmp / "model.bcw").rename(tmp / "model.large.bcw")
     record = {
         "id": spec.id, "profile": spec.profile, "seed": seed, "spec_hash": spec.hash,
         "spec": {**spec.hashed_content(), "train": asdict(spec.train)},
@@ -186,9 +193,6 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
         "pretrain": str(result_dir(root, spec.pretrain, spec.pretrain_profile or spec.profile, seed))
         if spec.pretrain else None,
     }
-    tmp = root / f".tmp-{spec.id}-{spec.profile}-seed{seed}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     artifacts = {"model": model_record(small, spec.model, [int(a) for a in metrics["architecture"].split("-")])}
     if method.layers() is not DENSE:  # the trained posterior, for re-thresholding without retraining
         artifacts["posterior"] = {"format": "bayescomp-posterior/1", "model": spec.model, "method": spec.method,

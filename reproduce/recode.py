@@ -1,0 +1,111 @@
+"""Re-encode recorded results with the current weight file format, without retraining.
+
+`python -m reproduce recode [--profile P] [--results-dir R]`: every results folder under R
+(<root>/<id>/<profile>/seed<k>/, at any depth, e.g. a calibration's <work>/<kernels>/...) that has
+a metrics.json gets its model.bcw rewritten from its model.pt (bayescomp.coding), and the CR max
+fields of its metrics.json (cr_max, cr_max_entropy, artifact_*, coding) measured again by
+bayescomp.metrics.artifact_metrics. The weights, the error and every other number stay as they
+are. A folder whose model is not here (models over 5 MB are `model.large.pt`, kept out of git) is
+skipped with a message, as is one whose run is being trained (its lock in <root>/.work/ is held).
+Each folder is rebuilt beside itself (hard links to its other files) and swapped in with one
+rename, so a killed recode leaves every folder whole; running it again gives the same bytes.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from bayescomp.metrics import artifact_metrics
+from bayescomp.models import load_model, load_plain
+from reproduce.run import LARGE_BYTES, _replace_dir, artifact
+
+WEIGHT_FILES = ("model.bcw", "model.large.bcw")
+
+
+def results_folders(root: Path, profile: str | None = None) -> list[Path]:
+    """Every <id>/<profile>/seed<k> folder with a metrics.json under root (hidden folders excluded)."""
+    found = []
+    for m in root.rglob("metrics.json"):
+        folder = m.parent
+        rel = folder.relative_to(root).parts
+        if (folder.name.startswith("seed") and len(rel) >= 3 and not any(p.startswith(".") for p in rel)
+                and (profile is None or folder.parent.name == profile)):
+            found.append(folder)
+    return sorted(found)
+
+
+def recode(root: Path, profile: str | None = None) -> list[dict[str, Any]]:
+    """Re-encode every results folder under root; one row per folder (see `recode_folder`)."""
+    return [recode_folder(folder, root) for folder in results_folders(root, profile)]
+
+
+def recode_folder(folder: Path, root: Path) -> dict[str, Any]:
+    """Rewrite one folder's model.bcw and CR max fields; a row: folder, old and new metrics, or `skipped`."""
+    row: dict[str, Any] = {"folder": str(folder.relative_to(root))}
+    model_path = artifact(folder, "model")
+    if model_path is None:
+        return {**row, "skipped": "no model.pt here (a model over 5 MB is model.large.pt, kept out of git)"}
+    exp_id, profile, seed = folder.parts[-3:]
+    with _try_lock(folder.parents[2] / ".work" / f"{exp_id}-{profile}-{seed}.lock") as free:
+        if not free:
+            return {**row, "skipped": "being trained (its run holds the lock); recode it when the run ends"}
+        metrics = json.loads((folder / "metrics.json").read_text())
+        name = load_plain(model_path, "restore it from git or rerun the experiment")["model"]
+        tmp = folder.with_name(f".recode-{folder.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(folder, tmp, copy_function=os.link, ignore=shutil.ignore_patterns(*WEIGHT_FILES, "metrics.json"))
+        try:
+            new = artifact_metrics(load_model(model_path), name, tmp / "model.bcw")
+            recorded = metrics.get("n_weights_dense")
+            dense = sum(c["dense"] for c in new["coding"])
+            if recorded is not None and recorded != dense:
+                raise ValueError(f"{folder}: the dense model has {dense} weights, metrics.json records {recorded}")
+            if new["artifact_bytes"] > LARGE_BYTES:
+                (tmp / "model.bcw").rename(tmp / "model.large.bcw")
+            old = metrics.get("cr_max")
+            metrics.update(new)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            _replace_dir(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {**row, "cr_fast": metrics.get("cr_fast"), "old_cr_max": old, **new}
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The table `recode` prints: old and new CR max, the entropy bound, where the bytes go."""
+    head = (f"{'results folder':<50} {'CR fast':>8} {'CR max old':>10} {'new':>8} {'new/fast':>8} "
+            f"{'entropy':>8} {'bytes':>9} {'positions':>9} {'values':>7} {'headers':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"{r['folder']:<50} skipped: {r['skipped']}")
+            continue
+        share = {k: f"{100 * r[f'artifact_{k}_bytes'] / r['artifact_bytes']:.1f} %"
+                 for k in ("positions", "values", "header")}
+        fast = r["cr_fast"]
+        lines.append(f"{r['folder']:<50} {_num(fast):>8} {_num(r['old_cr_max']):>10} {_num(r['cr_max']):>8} "
+                     f"{_num(r['cr_max'] / fast if fast else None):>8} {_num(r['cr_max_entropy']):>8} "
+                     f"{r['artifact_bytes']:>9} {share['positions']:>9} {share['values']:>7} {share['header']:>7}")
+    return "\n".join(lines)
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+@contextlib.contextmanager
+def _try_lock(lock: Path) -> Iterator[bool]:
+    """The run's lock (reproduce.run), without waiting: yields False when another process holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
