@@ -109,8 +109,10 @@ class SparseVD(Method):
 
     def layers(self) -> LayerSet:
         lv = self.init_logvar
+        # VGG keeps its batch norm (BC folds it away, bayescomp.bc.init_from_dense): a weight is removed
+        # on its own, never a filter's scale, so the exported model computes what the masked one does
         return LayerSet(lambda i, o, **kw: LinearSVD(i, o, init_logvar=lv, **kw),
-                        lambda i, o, k, **kw: Conv2dSVD(i, o, k, init_logvar=lv, **kw))
+                        lambda i, o, k, **kw: Conv2dSVD(i, o, k, init_logvar=lv, **kw), batch_norm=True)
 
     def penalty(self, model: nn.Module) -> Tensor:
         return kl_penalty(model)

@@ -6,6 +6,8 @@ posterior mode of z), either given (`threshold_rule = "fixed"`) or chosen on the
 the posterior-mean model stays within `val_margin_pct` · (l+1)/L of the unpruned one, so the margin
 is spent evenly over the L layers); (2) masks cascaded across layers (bayescomp.prune); (3) bits per
 layer from the posterior variance and weights rounded to them (bayescomp.precision).
+Models are built without batch norm; a pretrained dense model's is folded into the convs
+(`init_from_dense` says why).
 Not here: the layers (bayescomp.layers), measuring (bayescomp.metrics).
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import Tensor, nn
 from bayescomp.data import ImageData
 from bayescomp.layers import Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ, _GroupBayesLayer
 from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method, lr_groups
-from bayescomp.models import prunable_layers
+from bayescomp.models import fold_batch_norm, prunable_layers
 from bayescomp.precision import quantize_kept
 from bayescomp.prune import cascade_masks, densify
 from bayescomp.train import evaluate
@@ -38,7 +40,23 @@ def kl_penalty(model: nn.Module) -> Tensor:
 
 @torch.no_grad()
 def init_from_dense(model: nn.Module, dense: nn.Module) -> None:
-    """Posterior means from a trained dense model of the same architecture; other state (batch norm) copied."""
+    """Posterior means from a trained dense model of the same architecture; other state copied.
+
+    Batch norm. A BatchNorm layer that `model` has too (Sparse VD keeps vgg_cifar's) is copied. One
+    that `model` lacks (BC builds vgg_cifar without batch norm, `LayerSet.batch_norm`) is folded, in
+    its eval form (running statistics), into the weights and bias of the layer before it
+    (bayescomp.models.fold_batch_norm), so that in eval mode `model` starts as exactly the dense
+    model's function. Why BC has no batch norm: z scales a conv filter including its bias ([LUW17]
+    Sec. 3, conv case; bayescomp.layers forward). (1) A train-mode BatchNorm after z divides each
+    channel by its batch statistics, so the scale of z cancels from the data term and only the KL
+    acts on it. (2) A frozen (eval-mode) BatchNorm after z maps a pruned filter (z = 0) to the constant
+    β − γμ/σ, so removing the filter changes the function, and that constant cannot be folded into the
+    next conv's bias exactly either (its zero padding sees 0 at the border, not the constant). (3)
+    With the batch norm folded into the conv, z = 0 zeroes the channel and removing it is exact, and
+    the data term depends on every z.
+    """
+    dense = fold_batch_norm(dense, keep={n for n, m in model.named_modules()
+                                         if isinstance(m, nn.modules.batchnorm._BatchNorm)})
     dense_mods = dict(dense.named_modules())
     for name, layer in bayes_layers(model):
         layer.init_from(dense_mods[name])
@@ -105,6 +123,7 @@ class VariationalMethod(Method):
 
     def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
         model = model.eval()
+        device = next(model.parameters()).device  # the validation rule evaluates its candidates there
         layers = bayes_layers(model)
         stats = {n: m.prune_statistic().detach().cpu() for n, m in layers}
         means = {n: m.weight.detach().cpu() for n, m in layers}
@@ -121,7 +140,7 @@ class VariationalMethod(Method):
             if data is None:
                 raise ValueError("threshold_rule 'validation' needs the data (validation split)")
             thresholds, info = _validation_thresholds(cpu_model, layers, stats, means, biases, data,
-                                                      self.val_margin_pct)
+                                                      self.val_margin_pct, device)
         pruned = {n: stats[n].double() >= thresholds[n] for n in stats}
         masks = cascade_masks(list(prunable_layers(cpu_model)), pruned)
         empty = [n for n, m in masks.items() if not m.any()]
@@ -151,10 +170,11 @@ def _prune_top(s: Tensor, k: int) -> float:
 
 def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayesLayer]], stats: dict[str, Tensor],
                            means: dict[str, Tensor], biases: dict[str, Tensor], data: ImageData,
-                           margin: float) -> tuple[dict[str, float], dict[str, Any]]:
-    """Per layer in turn, the threshold removing the most groups within a cumulative share of the margin."""
+                           margin: float, device: torch.device | str = "cpu") -> tuple[dict[str, float], dict[str, Any]]:
+    """Per layer in turn, the threshold removing the most groups within a cumulative share of the margin;
+    each candidate is evaluated on `device` (a VGG's hundred-odd validation passes: the GPU it trained on)."""
     all_layers = list(prunable_layers(model))
-    dense = densify(model, means, biases)  # built once; each candidate only rewrites its weights
+    dense = densify(model, means, biases).to(device)  # built once; each candidate only rewrites its weights
     dense_layers = dict(prunable_layers(dense))
 
     @torch.no_grad()
@@ -165,7 +185,7 @@ def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayes
         for n, layer in dense_layers.items():
             layer.weight.copy_(means[n] * masks[n])
             layer.bias.copy_(biases[n] * masks[n].flatten(1).any(1))
-        return evaluate(dense, data.val_x, data.val_y)
+        return evaluate(dense, data.val_x, data.val_y, device)
 
     thr = {n: float("inf") for n in stats}
     base = val_error(thr)
@@ -194,7 +214,8 @@ class BCGroupNJ(VariationalMethod):
     def layers(self) -> LayerSet:
         lv = self.init_logvar
         return LayerSet(lambda i, o, **kw: LinearGroupNJ(i, o, init_logvar=lv, **kw),
-                        lambda i, o, k, **kw: Conv2dGroupNJ(i, o, k, init_logvar=lv, **kw))
+                        lambda i, o, k, **kw: Conv2dGroupNJ(i, o, k, init_logvar=lv, **kw),
+                        batch_norm=False)  # folded into the convs: init_from_dense
 
 
 @dataclass
@@ -213,4 +234,5 @@ class BCGroupHS(VariationalMethod):
     def layers(self) -> LayerSet:
         kw0 = dict(tau0=self.tau0, kl_form=self.kl_form, init_logvar=self.init_logvar, scale_init=self.scale_init)
         return LayerSet(lambda i, o, **kw: LinearGroupHS(i, o, **kw0, **kw),
-                        lambda i, o, k, **kw: Conv2dGroupHS(i, o, k, **kw0, **kw))
+                        lambda i, o, k, **kw: Conv2dGroupHS(i, o, k, **kw0, **kw),
+                        batch_norm=False)  # folded into the convs: init_from_dense

@@ -83,12 +83,12 @@ class _Part:
                      self.tables + o.tables, self.header + o.header, self.entropy_bits + o.entropy_bits)
 
 
-def stored_layers(model: nn.Module, model_name: str) -> list[StoredLayer]:
+def stored_layers(model: nn.Module, model_name: str, model_args: dict[str, Any] | None = None) -> list[StoredLayer]:
     """The prunable layers of a structurally pruned model (as `bayescomp.prune.export` builds it) in
-    the frame of the dense model `BUILDERS[model_name]()`: kept inputs from its InputSelect, hidden
-    units as the first k."""
+    the frame of the dense model `BUILDERS[model_name](**model_args)` (the spec's model_args, e.g. the
+    quick profile's 1/8-wide VGG): kept inputs from its InputSelect, hidden units as the first k."""
     with torch.device("meta"):
-        dense = dict(prunable_layers(BUILDERS[model_name]()))
+        dense = dict(prunable_layers(BUILDERS[model_name](**(model_args or {}))))
     out, select = [], None
     for name, m in model.named_modules():
         if isinstance(m, InputSelect):
@@ -105,9 +105,10 @@ def stored_layers(model: nn.Module, model_name: str) -> list[StoredLayer]:
     return out
 
 
-def encode_model(model: nn.Module, model_name: str) -> tuple[bytes, list[dict[str, Any]]]:
+def encode_model(model: nn.Module, model_name: str,
+                 model_args: dict[str, Any] | None = None) -> tuple[bytes, list[dict[str, Any]]]:
     """The file of a structurally pruned model, and a coding report per layer (see `encode`)."""
-    return encode(stored_layers(model, model_name))
+    return encode(stored_layers(model, model_name, model_args))
 
 
 def encode(layers: list[StoredLayer]) -> tuple[bytes, list[dict[str, Any]]]:

@@ -34,7 +34,10 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-import constriction
+try:
+    import constriction
+except ImportError:  # e.g. a GPU image without it: Huffman and exp-Golomb only; `reproduce recode` adds ANS later
+    constriction = None
 import numpy as np
 
 CODERS = ("huffman", "ans", "constant", "golomb")
@@ -131,7 +134,8 @@ def encode_stream(symbols: np.ndarray, alphabet: int) -> Stream:
         s = int(symbols[0]) if len(symbols) else 0
         head = bytes([2]) + varint(len(symbols)) + varint(s)
         return Stream(head, "constant", len(head), 0, 0, h)
-    options = (_huffman(symbols, counts, h), _ans(symbols, counts, h), _golomb(symbols, h))
+    options = (_huffman(symbols, counts, h), _golomb(symbols, h)) + (
+        (_ans(symbols, counts, h),) if constriction is not None else ())
     return min(options, key=lambda s: len(s.blob))
 
 
@@ -157,6 +161,9 @@ def decode_stream(buf: bytes, pos: int) -> tuple[np.ndarray, int]:
     if CODERS[coder] == "huffman":
         out = _huffman_decode(payload, n, table)
     else:
+        if constriction is None:
+            raise ImportError("this weight file holds ANS-coded streams; decoding them needs the `constriction` "
+                              "package: pip install constriction")
         model = constriction.stream.model.Categorical(table.astype(np.float64), perfect=False)
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         out = constriction.stream.stack.AnsCoder(words).decode(model, n).astype(np.int64)

@@ -22,10 +22,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LayerSet:
-    """The Linear / Conv2d classes a model is built with (signatures as torch.nn's)."""
+    """The Linear / Conv2d classes a model is built with (signatures as torch.nn's), and whether the
+    model keeps its batch norm layers (vgg_cifar; the LeNets have none). BC builds VGG without them:
+    bayescomp.bc.init_from_dense folds the dense model's batch norm into the layers before it."""
 
     linear: Callable[..., nn.Module] = nn.Linear
     conv2d: Callable[..., nn.Module] = nn.Conv2d
+    batch_norm: bool = True
 
 
 DENSE = LayerSet()

@@ -52,13 +52,14 @@ def cr_max(artifact_bytes: int, dense_weights: int) -> float:
     return 32.0 * dense_weights / (8 * artifact_bytes)
 
 
-def artifact_metrics(small: nn.Module, model_name: str, path: Path | None = None) -> dict[str, Any]:
+def artifact_metrics(small: nn.Module, model_name: str, path: Path | None = None,
+                     model_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Encode a structurally pruned model's weights (bayescomp.coding), write the file to `path` if
     given, check that it decodes to the model's weights (−0.0 read as +0.0), and measure it.
 
     |W| is the dense network's prunable weights, from the dense shapes the file records.
     """
-    blob, coding = encode_model(small, model_name)
+    blob, coding = encode_model(small, model_name, model_args)
     weights = {n: m.weight.detach().cpu().float() + 0.0 for n, m in prunable_layers(small)}
     verified = None
     if sum(int(w.count_nonzero()) for w in weights.values()) <= VERIFY_MAX_NONZERO:
@@ -94,9 +95,11 @@ def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def summarize(compressed: Compressed, data: ImageData, model_name: str, device: torch.device | str = "cpu",
-              test_subset: int | None = None, artifact_path: Path | None = None) -> tuple[dict[str, Any], nn.Module]:
+              test_subset: int | None = None, artifact_path: Path | None = None,
+              model_args: dict[str, Any] | None = None) -> tuple[dict[str, Any], nn.Module]:
     """Measure a compressed model; returns (metrics, the structurally pruned dense model).
-    artifact_path: where to write the weight file whose size gives CR max (e.g. <results>/model.bcw)."""
+    artifact_path: where to write the weight file whose size gives CR max (e.g. <results>/model.bcw).
+    model_args: the model builder's arguments of the spec (the dense shapes CR max counts against)."""
     weights = {n: layer.weight.detach().cpu() for n, layer in compressed.layers.items()}
     bits = [layer.bits for layer in compressed.layers.values()]
     struct = structure(weights)
@@ -106,7 +109,7 @@ def summarize(compressed: Compressed, data: ImageData, model_name: str, device: 
     buf = io.BytesIO()
     torch.save(small.state_dict(), buf)
     dense_n = sum(w.numel() for w in weights.values())
-    artifact = artifact_metrics(small, model_name, artifact_path)
+    artifact = artifact_metrics(small, model_name, artifact_path, model_args)
     metrics: dict[str, Any] = {
         "error_pct": evaluate(small.to(device), x, y, device),
         "error_masked_pct": evaluate(compressed.model.to(device), x, y, device),

@@ -3,17 +3,19 @@
 lenet300: 784-300-100-10 MLP with ReLU. lenet5_caffe: conv 20@5x5, pool, conv 50@5x5, pool,
 fc 800-500, fc 500-10 (ReLU after every hidden layer, as in the Sparse VD and BC reimplementations).
 vgg_cifar: the cifar.torch VGG (13 conv 3x3 + batch norm, fc 512-512 + batch norm, fc 512-10),
-without its dropout, since the compression methods bring their own noise.
+without its dropout, since the compression methods bring their own noise; built without its batch
+norm layers when the layer set says so (BC: see bayescomp.bc.init_from_dense, `fold_batch_norm`).
 Every model starts with `Normalize`, so it takes raw images scaled to [0, 1]. `widths` builds the
 smaller dense model a structural export produces; `InputSelect` then keeps only the used inputs.
 """
 from __future__ import annotations
 
+import copy
 import pickle
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -103,7 +105,8 @@ def vgg_cifar(layers: LayerSet = DENSE, mean: Sequence[float] = (0.4914, 0.4822,
               std: Sequence[float] = (0.2470, 0.2435, 0.2616),
               widths: Sequence[int] | None = None, width: float = 1.0) -> nn.Module:
     """cifar.torch VGG; widths = 13 conv filter counts, then fc1 inputs, fc1 outputs. Without widths,
-    `width` scales every layer of the original (the `quick` profile trains a 1/8-wide VGG on a CPU)."""
+    `width` scales every layer of the original (the `quick` profile trains a 1/8-wide VGG on a CPU).
+    Batch norm after every conv and after fc1 unless `layers.batch_norm` is False (BC's layer sets)."""
     if not 0 < width <= 1:
         raise ValueError(f"vgg_cifar width {width!r}: must be in (0, 1] (a share of cifar.torch's widths)")
     convs = [c for c in VGG_CFG if c != "M"]
@@ -115,12 +118,13 @@ def vgg_cifar(layers: LayerSet = DENSE, mean: Sequence[float] = (0.4914, 0.4822,
             mods.append((f"pool{k}", nn.MaxPool2d(2)))
             continue
         k += 1
-        mods += [(f"conv{k}", layers.conv2d(c_in, w[k - 1], 3, padding=1)),
-                 (f"bn{k}", nn.BatchNorm2d(w[k - 1])), (f"relu{k}", nn.ReLU())]
+        mods += [(f"conv{k}", layers.conv2d(c_in, w[k - 1], 3, padding=1))]
+        mods += [(f"bn{k}", nn.BatchNorm2d(w[k - 1]))] if layers.batch_norm else []
+        mods += [(f"relu{k}", nn.ReLU())]
         c_in = w[k - 1]
-    mods += [("flatten", _flatten_or_select(c_in, w[13])),
-             ("fc1", layers.linear(w[13], w[14])), ("bn_fc1", nn.BatchNorm1d(w[14])),
-             ("relu_fc1", nn.ReLU()), ("fc2", layers.linear(w[14], 10))]
+    mods += [("flatten", _flatten_or_select(c_in, w[13])), ("fc1", layers.linear(w[13], w[14]))]
+    mods += [("bn_fc1", nn.BatchNorm1d(w[14]))] if layers.batch_norm else []
+    mods += [("relu_fc1", nn.ReLU()), ("fc2", layers.linear(w[14], 10))]
     return nn.Sequential(OrderedDict(mods))
 
 
@@ -133,6 +137,36 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every Linear/Conv2d-like layer, in forward order."""
     return [(n, m) for n, m in model.named_modules()
             if hasattr(m, "in_features") or hasattr(m, "in_channels")]
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def fold_batch_norm(model: nn.Module, keep: Collection[str] = ()) -> nn.Module:
+    """A copy of `model` whose eval-mode batch norm layers (other than those named in `keep`) are folded
+    into the prunable layer before them, and replaced by nn.Identity: in eval mode it computes the same.
+
+    BN(Wx + b) = s ⊙ (Wx + b − μ) + β with s = γ / √(σ² + ε) per output unit (running statistics)
+    [IS15] Sec. 3.1, so the folded layer has weight s ⊙ W (row-wise) and bias s ⊙ (b − μ) + β.
+    [IS15] Ioffe, Szegedy. Batch Normalization. ICML 2015.
+    """
+    out = copy.deepcopy(model)
+    previous: nn.Module | None = None
+    for name, m in list(out.named_modules()):
+        if hasattr(m, "in_features") or hasattr(m, "in_channels"):
+            previous = m
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and name not in keep:
+            if previous is None or previous.weight.shape[0] != m.num_features:
+                raise ValueError(f"batch norm {name!r} follows no layer with {m.num_features} outputs: cannot fold it")
+            s = m.weight / torch.sqrt(m.running_var + m.eps)  # [IS15] Alg. 2, inference
+            bias = previous.bias if previous.bias is not None else torch.zeros_like(s)
+            previous.weight.mul_(s.view(-1, *[1] * (previous.weight.dim() - 1)))
+            previous.bias = nn.Parameter((bias - m.running_mean) * s + m.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(out.get_submodule(parent) if parent else out, child, nn.Identity())
+    return out
 
 
 def count_weights(model: nn.Module, biases: bool = False) -> int:
@@ -152,6 +186,7 @@ def model_record(model: nn.Module, model_name: str, widths: Sequence[int]) -> di
     """A model as plain data (tensors, lists, strings), loadable with torch.load(weights_only=True)."""
     norm = next(m for m in model.modules() if isinstance(m, Normalize))
     return {"format": MODEL_FORMAT, "model": model_name, "widths": [int(w) for w in widths],
+            "batch_norm": has_batch_norm(model),
             "mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist(),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
@@ -166,7 +201,8 @@ def load_model(path: str | Path) -> nn.Module:
         raise ValueError(f"{path} is not a {MODEL_FORMAT} file (written by bayescomp's reproduce run)")
     if rec["model"] not in BUILDERS:
         raise ValueError(f"{path}: unknown model {rec['model']!r}; valid: {sorted(BUILDERS)}")
-    model = BUILDERS[rec["model"]](mean=rec["mean"], std=rec["std"], widths=rec["widths"])
+    layers = LayerSet(batch_norm=rec.get("batch_norm", True))  # records before the key were built with it
+    model = BUILDERS[rec["model"]](layers=layers, mean=rec["mean"], std=rec["std"], widths=rec["widths"])
     model.load_state_dict(rec["state_dict"])
     return model.eval()
 

@@ -4,8 +4,8 @@ The prunable layers of our models form a chain. A unit between layer l and l+1 (
 conv filter) is kept when layer l+1 still reads it (a nonzero weight in its column(s)); a unit no
 one reads is dead compute and is removed with its row of layer l. The network's inputs to the first
 Linear layer are kept when read; the outputs of the last layer (the classes) are always kept.
-`export` builds the structurally pruned model with the model's own builder and `widths`, so on any
-input it computes what the masked model computes.
+`export` builds the structurally pruned model with the model's own builder and `widths` (with batch
+norm only if the model has it), so on any input it computes what the masked model computes.
 Not here: choosing masks from a posterior (bayescomp.bc), measuring (bayescomp.metrics).
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bayescomp.models import BUILDERS, InputSelect, Normalize, prunable_layers
+from bayescomp.method import LayerSet
+from bayescomp.models import BUILDERS, InputSelect, Normalize, has_batch_norm, prunable_layers
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ def export(model: nn.Module, model_name: str) -> tuple[nn.Module, list[int]]:
     struct = structure({n: m.weight for n, m in layers.items()})
     widths = architecture(struct)
     norm = next(m for m in model.modules() if isinstance(m, Normalize))
-    small = BUILDERS[model_name](mean=norm.mean.flatten().tolist(), std=norm.std.flatten().tolist(), widths=widths)
+    small = BUILDERS[model_name](layers=LayerSet(batch_norm=has_batch_norm(model)),  # none if BC's had none
+                                 mean=norm.mean.flatten().tolist(), std=norm.std.flatten().tolist(), widths=widths)
     small_mods = dict(small.named_modules())
     channels: Tensor | None = None  # kept output units of the last prunable layer seen
     by_name = {s.name: s for s in struct}

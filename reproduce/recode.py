@@ -60,7 +60,8 @@ def recode_folder(folder: Path, root: Path) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(folder, tmp, copy_function=os.link, ignore=shutil.ignore_patterns(*WEIGHT_FILES, "metrics.json"))
         try:
-            new = artifact_metrics(load_model(model_path), name, tmp / "model.bcw")
+            model_args = json.loads((folder / "spec.json").read_text())["spec"].get("model_args", {})
+            new = artifact_metrics(load_model(model_path), name, tmp / "model.bcw", model_args)
             recorded = metrics.get("n_weights_dense")
             dense = sum(c["dense"] for c in new["coding"])
             if recorded is not None and recorded != dense:

@@ -178,7 +178,7 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     metrics, small = summarize(compressed, data, spec.model, dev, test_subset=spec.test_subset,
-                               artifact_path=tmp / "model.bcw")
+                               artifact_path=tmp / "model.bcw", model_args=spec.model_args)
     if metrics["artifact_bytes"] > LARGE_BYTES:
         (tmp / "model.bcw").rename(tmp / "model.large.bcw")
     record = {

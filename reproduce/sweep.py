@@ -74,7 +74,7 @@ def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[
     for label, method in tqdm(settings, desc=f"{spec.id} seed {seed}: settings", unit="setting",
                               disable=not progress):
         c = method.compress(model.eval(), data)
-        metrics, _ = summarize(c, data, spec.model, test_subset=spec.test_subset)
+        metrics, _ = summarize(c, data, spec.model, test_subset=spec.test_subset, model_args=spec.model_args)
         rows.append({"setting": label, "thresholds": c.info.get("thresholds", c.info.get("threshold")), "error_pct": metrics["error_pct"],
                      "nonzero_pct": metrics["nonzero_pct"], "architecture": metrics["architecture"],
                      "bits": metrics["bits"], "cr_fast": metrics["cr_fast"], "cr_max": metrics["cr_max"],

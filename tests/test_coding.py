@@ -134,7 +134,8 @@ def test_every_recorded_model_decodes_exactly_from_its_file(folder, tmp_path):
     metrics = json.loads((folder / "metrics.json").read_text())
     record = load_plain(folder / "model.pt", "")
     path = tmp_path / "model.bcw"
-    measured = artifact_metrics(load_model(folder / "model.pt"), record["model"], path)
+    model_args = json.loads((folder / "spec.json").read_text())["spec"].get("model_args", {})
+    measured = artifact_metrics(load_model(folder / "model.pt"), record["model"], path, model_args)
     back = decode(path)
     weights = {k[:-len(".weight")]: v for k, v in record["state_dict"].items() if k.endswith(".weight") and v.dim() > 1}
     assert list(back) == list(weights)
@@ -161,3 +162,13 @@ def test_encode_model_places_hidden_units_first_and_keeps_the_selected_inputs(tm
     assert layers[0].cols.tolist() == [3, 10, 11, 500, 783] and layers[0].rows.tolist() == [0, 1, 2, 3]
     assert layers[1].cols.tolist() == [0, 1, 2, 3] and layers[2].rows.tolist() == list(range(10))
     assert [r["dense"] for r in report] == [235200, 30000, 1000]
+
+
+def test_cr_max_counts_against_the_dense_model_of_the_specs_own_width():
+    """The quick profile's 1/8-wide VGG: a dense model of that width is CR max ≈ 1, not 64."""
+    from bayescomp.models import vgg_cifar
+    measured = artifact_metrics(vgg_cifar(width=0.125), "vgg_cifar", model_args={"width": 0.125})
+    assert 0.95 < measured["cr_max"] < 1.05
+    assert sum(c["dense"] for c in measured["coding"]) == sum(
+        m.weight.numel() for n, m in vgg_cifar(width=0.125).named_modules() if hasattr(m, "in_channels")
+        or hasattr(m, "in_features"))

@@ -30,6 +30,20 @@ def test_model_record_round_trips_without_code(tmp_path):
     torch.testing.assert_close(load_model(path)(x), model(x))
 
 
+def test_a_record_written_before_the_batch_norm_key_loads_with_batch_norm(tmp_path):
+    """model.pt files recorded before BC's VGG lost its batch norm (when every VGG had it) still load."""
+    model = vgg_cifar(widths=PRUNED_WIDTHS["vgg_cifar"]).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1)
+    record = model_record(model, "vgg_cifar", PRUNED_WIDTHS["vgg_cifar"])
+    assert record.pop("batch_norm") is True
+    torch.save(record, tmp_path / "model.pt")
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(load_model(tmp_path / "model.pt")(x), model(x))
+
+
 def test_load_model_rejects_foreign_files(tmp_path):
     path = tmp_path / "x.pt"
     torch.save({"state_dict": {}}, path)
