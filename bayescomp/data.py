@@ -112,6 +112,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: str |
         except _Unavailable as e:
             tried.append(f"{label}: {e}")
             continue
+        if tried and data_dir is not None:  # a data directory was given but did not have it: say so
+            print(f"warning: {name} loaded from {label}, not from the data directory ({'; '.join(tried)})",
+                  file=sys.stderr)
         return _split(name, trx, try_, tex, tey, val_size, label)
     fix = ("pass --data-dir DIR (or set BAYESCOMP_DATA=DIR) where DIR holds "
            + ("MNIST/raw/{train,t10k}-{images,labels}-idx?-ubyte.gz" if name == "mnist"

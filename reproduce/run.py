@@ -156,6 +156,8 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
     started = time.time()
     commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
     data = load_dataset(spec.dataset, data_dir, val_size=spec.val_size)
+    if progress:
+        print(f"{spec.id} [{spec.profile}] seed {seed}: {spec.dataset} from {data.source}", file=sys.stderr)
     torch.manual_seed(seed)
     method = METHODS[spec.method](**spec.method_args)
     model = MODELS[spec.model](layers=method.layers(), mean=data.mean, std=data.std, **spec.model_args)

@@ -161,3 +161,17 @@ def test_an_edited_cifar_cache_is_not_used_but_rebuilt_saying_so(cifar_dirs, cap
         load_dataset("cifar10", data, cache_dir=cache, val_size=1, online=False)
     assert (f"warning: cache {path} does not match the checksum recorded when it was written (edited or damaged); "
             "decoding the archive again") in capsys.readouterr().err
+
+
+def test_a_data_directory_without_the_data_set_says_where_the_data_came_from(tmp_path, data_dir, monkeypatch,
+                                                                             capsys):
+    """A missing file in --data-dir no longer falls back to a download silently."""
+    import bayescomp.data as data_mod
+    ref = load_dataset("mnist", data_dir, val_size=0)
+    monkeypatch.setattr(data_mod, "_torchvision_mnist",
+                        lambda root: ((ref.train_x, ref.train_y), (ref.test_x, ref.test_y)))
+    (tmp_path / "empty").mkdir()
+    got = load_dataset("mnist", tmp_path / "empty", cache_dir=tmp_path / "cache", val_size=0)
+    err = capsys.readouterr().err
+    assert got.source.startswith("torchvision download")
+    assert "warning: mnist loaded from torchvision download" in err and "not from the data directory" in err
