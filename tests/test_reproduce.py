@@ -64,7 +64,8 @@ def test_run_records_everything_and_the_model_reloads_safely(spec_file, tmp_path
     results = tmp_path / "results"
     assert _run(spec_file, results, "--data-dir", str(data_dir)) == 0
     out = results / "lenet300.dense" / "quick" / "seed0"
-    assert sorted(p.name for p in out.iterdir()) == ["details.json", "history.csv", "metrics.json", "model.pt", "spec.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["details.json", "history.csv", "metrics.json", "model.bcw", "model.pt",
+                                                    "spec.json"]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("error_pct", "nonzero_pct", "architecture", "bits", "cr_fast", "cr_max", "artifact_bytes",
                 "flops_dense", "flops_pruned"):
