@@ -22,6 +22,7 @@ results/check/<profile>_calibration.csv.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from reproduce.check import METRICS
-from reproduce.run import load_result, status
+from reproduce.run import load_result, result_dir, status
 from reproduce.spec import Suite, load_suite
 
 KERNELS: dict[str, dict[str, str]] = {  # name -> environment that selects the CPU kernels
@@ -79,8 +80,9 @@ def measure(spec_path: Path, profile: str, root: Path, kernels: list[str], seeds
                 if status(root / name, spec, seed) != "current":
                     raise RuntimeError(f"{exp_id} seed {seed} under kernels {name}: no result; nothing was written")
                 got = load_result(root / name, spec, seed)
+                record = json.loads((result_dir(root / name, exp_id, profile, seed) / "spec.json").read_text())
                 rows.append({"kernels": name, "experiment": exp_id, "seed": seed, "spec_hash": spec.hash,
-                             **{m: float(got[m]) for m in METRICS}})
+                             "commit": str(record.get("git_commit"))[:10], **{m: float(got[m]) for m in METRICS}})
     return pd.DataFrame(rows)
 
 
@@ -146,10 +148,9 @@ def calibrate(spec_path: Path, profile: str, root: Path, results_dir: Path, kern
     frame = measure(spec_path, profile, root, kernels, seeds, jobs, data_dir)
     suite = load_suite(spec_path)
     derived = derive(frame, suite, profile)
-    from reproduce.run import _git
     import torch
-    source = (f"calibrated {time.strftime('%Y-%m-%d')}: commit {str(_git('rev-parse', 'HEAD'))[:10]}, "
-              f"torch {torch.__version__}, 1 thread per run, {len(frame)} runs "
+    source = (f"calibrated {time.strftime('%Y-%m-%d')}: {len(frame)} runs at commit(s) "
+              f"{', '.join(sorted(frame['commit'].unique()))}, torch {torch.__version__}, 1 thread per run "
               f"(results/check/{profile}_calibration.csv)")
     write_expected(spec_path, profile, derived, source)
     out = results_dir / "check" / f"{profile}_calibration.csv"

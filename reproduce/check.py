@@ -65,15 +65,16 @@ def format_deviations(frame: pd.DataFrame, only_failures: bool = False) -> str:
 
 def replace_section(lines: list[str], exp_id: str, header: str, section: list[str]) -> list[str]:
     """Put `section` (header first) at the end of experiment `exp_id`'s block, replacing an old one."""
-    starts = [i for i, line in enumerate(lines) if line.strip() in ("[[experiment]]", "[[published]]")] + [len(lines)]
+    starts = [i for i, line in enumerate(lines) if line.strip().startswith("[[")] + [len(lines)]  # any array table
     for a, b in zip(starts, starts[1:]):
         if f'id = "{exp_id}"' not in (line.strip() for line in lines[a:b]):
             continue
         block = lines[a:b]
-        if header in block:  # drop the old section: from its header to the next table header
+        if header in block:  # drop the old section's lines up to the next table header; comments stay
             h = block.index(header)
             e = next((j for j in range(h + 1, len(block)) if block[j].startswith("[")), len(block))
-            block = block[:h] + block[e:]
+            block = block[:h] + [line for line in block[h + 1:e] if not line.strip() or line.lstrip().startswith("#")] \
+                + block[e:]
         last = max(j for j, line in enumerate(block) if line.strip() and not line.lstrip().startswith("#"))
         block = block[:last + 1] + section + block[last + 1:]
         return lines[:a] + block + lines[b:]
