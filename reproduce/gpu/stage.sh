@@ -8,7 +8,8 @@
 # paths named in `carry`), at most 64 MiB. `prepare` copies CIFAR10/ (19 MB) and MNIST/ (11 MB, for
 # Table 2 and the LeNet rows) into .gpu_data/ (ignored through .git/info/exclude: name it in `carry`),
 # moves the recorded posteriors and weight files (results/*/*/seed*/{posterior.pt,model.bcw}, about
-# 40 MB; the job never reads them) out of the tree to ../gpu-job-aside/, and prints what would travel,
+# 40 MB; the job never reads them) and the committed resume points (results/.work/*/checkpoint.pt) out
+# of the tree to ../gpu-job-aside/, and prints what would travel,
 # failing if it is over the limit. `restore` moves them back (.gpu_data/ stays, ignored).
 # WITH_MNIST=0 leaves MNIST out (Table 2 on the GPU then fails; the VGG rows do not need it).
 # Untracked files travel too: the in-progress checkpoints under results/.work/ count.
@@ -32,7 +33,7 @@ prepare)
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       -d .gpu_data/wheels "constriction==$version"
   grep -qxF '/.gpu_data/' .git/info/exclude || echo '/.gpu_data/' >> .git/info/exclude
-  git ls-files 'results/*/posterior.pt' 'results/*/model.bcw' | while read -r f; do
+  git ls-files 'results/*/posterior.pt' 'results/*/model.bcw' 'results/.work/*/checkpoint.pt' | while read -r f; do
     [ -f "$f" ] || continue
     mkdir -p "$ASIDE/$(dirname "$f")" && mv "$f" "$ASIDE/$f"
   done
