@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from reproduce.check import METRICS
+from reproduce.check import METRICS, replace_section
 from reproduce.run import load_result, result_dir, status
 from reproduce.spec import Suite, load_suite
 
@@ -122,7 +123,6 @@ def derive(frame: pd.DataFrame, suite: Suite, profile: str) -> dict[str, dict[st
 
 def write_expected(toml_path: Path, profile: str, derived: dict[str, dict[str, dict]], source: str) -> None:
     """Replace each experiment's [experiment.expected.<profile>] section; the file is replaced atomically."""
-    from reproduce.check import replace_section
     lines = toml_path.read_text().split("\n")
     for exp_id, metrics in derived.items():
         section = [f"[experiment.expected.{profile}]"] + [
@@ -148,7 +148,6 @@ def calibrate(spec_path: Path, profile: str, root: Path, results_dir: Path, kern
     frame = measure(spec_path, profile, root, kernels, seeds, jobs, data_dir)
     suite = load_suite(spec_path)
     derived = derive(frame, suite, profile)
-    import torch
     source = (f"calibrated {time.strftime('%Y-%m-%d')}: {len(frame)} runs at commit(s) "
               f"{', '.join(sorted(frame['commit'].unique()))}, torch {torch.__version__}, 1 thread per run "
               f"(results/check/{profile}_calibration.csv)")

@@ -29,7 +29,7 @@ def _depth(suite: Suite, exp_id: str) -> int:
 
 
 def _started(record: dict[str, Any]) -> float:
-    return datetime.strptime(record["finished"], "%Y-%m-%dT%H:%M:%S%z").timestamp() - float(record["wall_seconds"])
+    return _finished(record) - float(record["wall_seconds"])
 
 
 def _finished(record: dict[str, Any]) -> float:
