@@ -76,7 +76,7 @@ class _SparseVD(_GroupBayesLayer):
 
 
 class LinearSVD(_LinearMixin, _SparseVD):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, init_logvar: float = -10.0) -> None:
+    def __init__(self, in_features: int, out_features: int, init_logvar: float = -10.0) -> None:
         super().__init__()
         self._setup_linear(in_features, out_features, init_logvar)
         self._drop_bias_variance()
@@ -85,7 +85,7 @@ class LinearSVD(_LinearMixin, _SparseVD):
 class Conv2dSVD(_ConvMixin, _SparseVD):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                 dilation: int | tuple[int, int] = 1, bias: bool = True, init_logvar: float = -10.0) -> None:
+                 dilation: int | tuple[int, int] = 1, init_logvar: float = -10.0) -> None:
         super().__init__()
         self._setup_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
         self._drop_bias_variance()

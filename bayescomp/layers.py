@@ -222,7 +222,7 @@ class _GroupNJ(_GroupBayesLayer):
 class LinearGroupNJ(_LinearMixin, _GroupNJ):
     """Linear layer with the group normal-Jeffreys prior; groups = input units."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, init_logvar: float = -9.0) -> None:
+    def __init__(self, in_features: int, out_features: int, init_logvar: float = -9.0) -> None:
         super().__init__()
         self._setup_linear(in_features, out_features, init_logvar)
         self._init_z(init_logvar)
@@ -233,7 +233,7 @@ class Conv2dGroupNJ(_ConvMixin, _GroupNJ):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                 dilation: int | tuple[int, int] = 1, bias: bool = True, init_logvar: float = -9.0) -> None:
+                 dilation: int | tuple[int, int] = 1, init_logvar: float = -9.0) -> None:
         super().__init__()
         self._setup_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
         self._init_z(init_logvar)
@@ -318,7 +318,7 @@ class _GroupHS(_GroupBayesLayer):
 class LinearGroupHS(_LinearMixin, _GroupHS):
     """Linear layer with the group horseshoe prior; groups = input units."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, tau0: float = 1e-5,
+    def __init__(self, in_features: int, out_features: int, tau0: float = 1e-5,
                  kl_form: str = "exact", init_logvar: float = -9.0, scale_init: str = "mean_one") -> None:
         super().__init__()
         self._setup_linear(in_features, out_features, init_logvar)
@@ -330,7 +330,7 @@ class Conv2dGroupHS(_ConvMixin, _GroupHS):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                 dilation: int | tuple[int, int] = 1, bias: bool = True, tau0: float = 1e-5,
+                 dilation: int | tuple[int, int] = 1, tau0: float = 1e-5,
                  kl_form: str = "exact", init_logvar: float = -9.0, scale_init: str = "mean_one") -> None:
         super().__init__()
         self._setup_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LayerSet:
-    """The Linear / Conv2d classes a model is built with (signatures as torch.nn's), and whether the
+    """The Linear / Conv2d classes a model is built with (signatures as torch.nn's, less `bias`: the
+    models always have biases and the Bayesian layers take no such argument), and whether the
     model keeps its batch norm layers (vgg_cifar; the LeNets have none). BC builds VGG without them:
     bayescomp.bc.init_from_dense folds the dense model's batch norm into the layers before it."""
 

@@ -188,3 +188,11 @@ def test_every_bayesian_layer_trains_under_bf16_autocast(make):
             var = layer.lrt_variance(x, None)
         assert var.dtype == torch.float32
         torch.testing.assert_close(var, layer.lrt_variance(x, None))
+
+
+def test_bayesian_layers_take_no_bias_argument():
+    """They always have a bias; the argument used to be accepted and ignored."""
+    for make in (lambda: LinearGroupNJ(4, 3, bias=False), lambda: Conv2dGroupHS(2, 3, 3, bias=False),
+                 lambda: LinearSVD(4, 3, bias=False)):
+        with pytest.raises(TypeError, match="bias"):
+            make()
