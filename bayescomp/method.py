@@ -78,6 +78,12 @@ class Method(ABC):
         """Extra loss (e.g. a KL divergence), summed over the data set; the trainer divides by N."""
         return torch.zeros(())
 
+    def init_from_pretrained(self, model: nn.Module, dense: nn.Module) -> None:
+        """Start `model` (built with `layers()`) from `dense`, a trained dense model of the same
+        architecture: what an experiment's `pretrain` gives. Default: not supported, a clear error."""
+        raise ValueError(f"method {self.name!r} cannot start from a pretrained model; remove `pretrain` from "
+                         "its experiment, or implement init_from_pretrained for it")
+
     def prepare(self, model: nn.Module) -> None:
         """Called by the trainer before the optimiser is built and a checkpoint is loaded (e.g. to
         attach pruning masks, so that a resumed model has the same parameters and buffers)."""
