@@ -14,7 +14,7 @@ with the same rule as BC (bayescomp.precision), so the row has bits and CR fast 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -95,17 +95,23 @@ class Conv2dSVD(_ConvMixin, _SparseVD):
 class SparseVD(Method):
     """threshold: log α above which a weight is removed ([MAV17]: 3). init_logvar: initial log σ².
     quantize: bits from the posterior variance, weights rounded to them (as BC).
-    logvar_lr_mult: the log σ² learn at this multiple of the lr (as BC's `scale_lr_mult`: from
+    scale_lr_mult: the log σ² learn at this multiple of the lr (as BC's q(z) parameters: from
     log α ≈ −5 at the start, reaching 3 takes at least 8 / lr steps)."""
 
     name: ClassVar[str] = "sparse_vd"
     threshold: float = 3.0
     init_logvar: float = -10.0
     quantize: bool = True
-    logvar_lr_mult: float = 1.0
+    scale_lr_mult: float = 1.0
+    logvar_lr_mult: InitVar[float | None] = None  # the former name of scale_lr_mult: refused, naming it
+
+    def __post_init__(self, logvar_lr_mult: float | None) -> None:
+        if logvar_lr_mult is not None:
+            raise TypeError(f"logvar_lr_mult is now called scale_lr_mult (as in BC): write "
+                            f"scale_lr_mult = {logvar_lr_mult!r} in the method_args")
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return lr_groups(model, [m.weight_logvar for _, m in bayes_layers(model)], self.logvar_lr_mult)
+        return lr_groups(model, [m.weight_logvar for _, m in bayes_layers(model)], self.scale_lr_mult)
 
     def layers(self) -> LayerSet:
         lv = self.init_logvar
