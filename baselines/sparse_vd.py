@@ -1,7 +1,7 @@
 """Sparse variational dropout [MAV17]: one log α per weight, pruned where log α > 3.
 
-The layers reuse bayescomp's Bayesian layer base (parameters μ, log σ² per weight, Linear/Conv2d
-set-up, the operator) without group scales: w ~ N(μ, σ²) with log σ² learned directly (the additive
+The layers reuse bayescomp's Bayesian layer bases (bayescomp.layers.BayesLayer: parameters μ, log σ²
+per weight, the operator; BayesLinear / BayesConv2d: the set-up) without group scales: w ~ N(μ, σ²) with log σ² learned directly (the additive
 reparametrisation [MAV17] Eq. 11), the local reparametrisation trick in training [KSW15], a
 deterministic bias as in the authors' code, and the KL approximation [MAV17] Eq. 14 that
 bayescomp.kl already implements for the normal-Jeffreys scales. KL warm-up (the authors' code raises
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from bayescomp import kl
 from bayescomp.bc import bayes_layers, init_from_dense, kl_penalty
 from bayescomp.data import ImageData
-from bayescomp.layers import EPS, _ConvMixin, _GroupBayesLayer, _LinearMixin
+from bayescomp.layers import EPS, BayesConv2d, BayesLayer, BayesLinear
 from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method, lr_groups
 from bayescomp.precision import quantize_kept
 from bayescomp.prune import densify
@@ -31,11 +31,11 @@ from bayescomp.prune import densify
 LOG_ALPHA_CLAMP = 10.0  # [MAV17] code: log α clipped to [-10, 10] inside the KL
 
 
-class _SparseVD(_GroupBayesLayer):
-    """A Bayesian layer whose groups are single weights: no scale variables."""
+class SparseVDLayer(BayesLayer):
+    """A Bayesian layer pruned weight by weight: no scale variables, a point-estimate bias; the posterior
+    mean and variance are BayesLayer's, μ and σ²."""
 
-    def _drop_bias_variance(self) -> None:
-        del self.bias_logvar  # the bias is a point estimate
+    bias_variance = False
 
     def log_alpha(self) -> Tensor:
         """log α = log σ² − log μ² per weight. [MAV17] Eq. 11"""
@@ -48,19 +48,8 @@ class _SparseVD(_GroupBayesLayer):
         var = self.lrt_variance(x, None)  # [KSW15] Eq. 6, float32 under autocast
         return mu + (var + EPS).sqrt() * torch.randn_like(var)
 
-    @property
-    def weight(self) -> Tensor:
-        return self.weight_mu
-
-    @property
-    def bias(self) -> Tensor:
-        return self.bias_mu
-
-    def weight_var(self) -> Tensor:
-        return self.weight_logvar.exp()
-
     def scale_parameters(self) -> list[nn.Parameter]:
-        return []
+        return [self.weight_logvar]  # log α moves with log σ²
 
     def kl(self) -> Tensor:
         return kl.kl_normal_jeffreys(self.log_alpha().clamp(-LOG_ALPHA_CLAMP, LOG_ALPHA_CLAMP))  # [MAV17] Eq. 14
@@ -68,27 +57,17 @@ class _SparseVD(_GroupBayesLayer):
     def prune_statistic(self) -> Tensor:
         return self.log_alpha()
 
-    @torch.no_grad()
-    def init_from(self, dense: nn.Module) -> None:
-        self.weight_mu.copy_(dense.weight)
-        if dense.bias is not None:
-            self.bias_mu.copy_(dense.bias)
 
-
-class LinearSVD(_LinearMixin, _SparseVD):
+class LinearSVD(BayesLinear, SparseVDLayer):
     def __init__(self, in_features: int, out_features: int, init_logvar: float = -10.0) -> None:
-        super().__init__()
-        self._setup_linear(in_features, out_features, init_logvar)
-        self._drop_bias_variance()
+        super().__init__(in_features, out_features, init_logvar)
 
 
-class Conv2dSVD(_ConvMixin, _SparseVD):
+class Conv2dSVD(BayesConv2d, SparseVDLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
                  dilation: int | tuple[int, int] = 1, init_logvar: float = -10.0) -> None:
-        super().__init__()
-        self._setup_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
-        self._drop_bias_variance()
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
 
 
 @dataclass
@@ -129,7 +108,7 @@ class SparseVD(Method):
     @torch.no_grad()
     def epoch_stats(self, model: nn.Module) -> dict[str, float]:
         """prunable_pct: the share of the weights at or above the log α threshold (what compress removes)."""
-        las = [m.log_alpha() for _, m in bayes_layers(model)]
+        las = [m.prune_statistic() for _, m in bayes_layers(model)]  # log α
         return {"prunable_pct": 100.0 * sum(int((la >= self.threshold).sum()) for la in las)
                 / max(sum(la.numel() for la in las), 1)}
 
@@ -139,7 +118,7 @@ class SparseVD(Method):
         weights, biases, out = {}, {}, {}
         info: dict[str, Any] = {"threshold": self.threshold, "log_alpha_quantiles": {}}
         for name, layer in bayes_layers(model):
-            la = layer.log_alpha().detach().cpu()
+            la = layer.prune_statistic().detach().cpu()  # log α
             keep = la < self.threshold
             mean, var = layer.weight_mu.detach().cpu(), layer.weight_var().detach().cpu()
             w, bits = quantize_kept(mean, var, keep) if self.quantize else (mean * keep + 0.0, 32)

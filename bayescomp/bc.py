@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from bayescomp.data import ImageData
-from bayescomp.layers import Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ, _GroupBayesLayer
+from bayescomp.layers import BayesLayer, Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ
 from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method, lr_groups
 from bayescomp.models import fold_batch_norm, prunable_layers
 from bayescomp.precision import quantize_kept
@@ -29,8 +29,8 @@ from bayescomp.train import evaluate
 THRESHOLD_RULES = ("validation", "fixed")
 
 
-def bayes_layers(model: nn.Module) -> list[tuple[str, _GroupBayesLayer]]:
-    return [(n, m) for n, m in prunable_layers(model) if isinstance(m, _GroupBayesLayer)]
+def bayes_layers(model: nn.Module) -> list[tuple[str, BayesLayer]]:
+    return [(n, m) for n, m in prunable_layers(model) if isinstance(m, BayesLayer)]
 
 
 def kl_penalty(model: nn.Module) -> Tensor:
@@ -168,7 +168,7 @@ def _prune_top(s: Tensor, k: int) -> float:
     return float("inf") if k == 0 else float(s[k - 1] + s[k]) / 2
 
 
-def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayesLayer]], stats: dict[str, Tensor],
+def _validation_thresholds(model: nn.Module, layers: list[tuple[str, BayesLayer]], stats: dict[str, Tensor],
                            means: dict[str, Tensor], biases: dict[str, Tensor], data: ImageData,
                            margin: float, device: torch.device | str = "cpu") -> tuple[dict[str, float], dict[str, Any]]:
     """Per layer in turn, the threshold removing the most groups within a cumulative share of the margin;
