@@ -6,8 +6,10 @@ reparametrisation [MAV17] Eq. 11), the local reparametrisation trick in training
 deterministic bias as in the authors' code, and the KL approximation [MAV17] Eq. 14 that
 bayescomp.kl already implements for the normal-Jeffreys scales. KL warm-up (the authors' code raises
 its weight linearly over the first epochs) is the spec's `kl_warmup_epochs`.
-compress(): weights with log α ≥ `threshold` are removed; bits per layer from the posterior variance
-with the same rule as BC (bayescomp.precision), so the row has bits and CR fast like the paper's.
+The method shares BC's variational base (bayescomp.variational: KL penalty, `scale_lr_mult`, start
+from the dense model, bits). compress(): weights with log α ≥ `threshold` are removed; bits per layer
+from the posterior variance with the same rule as BC (bayescomp.precision), so the row has bits and
+CR fast like the paper's.
 
 [MAV17] Molchanov, Ashukha, Vetrov. Variational Dropout Sparsifies Deep Neural Networks. ICML 2017.
 [KSW15] Kingma, Salimans, Welling. Variational Dropout and the Local Reparameterization Trick. NIPS 2015.
@@ -21,12 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from bayescomp import kl
-from bayescomp.bc import bayes_layers, init_from_dense, kl_penalty
 from bayescomp.data import ImageData
 from bayescomp.layers import EPS, BayesConv2d, BayesLayer, BayesLinear
-from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method, lr_groups
-from bayescomp.precision import quantize_kept
+from bayescomp.method import Compressed, CompressedLayer, LayerSet
 from bayescomp.prune import densify
+from bayescomp.variational import VariationalMethod, bayes_layers, prunable_pct
 
 LOG_ALPHA_CLAMP = 10.0  # [MAV17] code: log α clipped to [-10, 10] inside the KL
 
@@ -71,7 +72,7 @@ class Conv2dSVD(BayesConv2d, SparseVDLayer):
 
 
 @dataclass
-class SparseVD(Method):
+class SparseVD(VariationalMethod):
     """threshold: log α above which a weight is removed ([MAV17]: 3). init_logvar: initial log σ².
     quantize: bits from the posterior variance, weights rounded to them (as BC).
     scale_lr_mult: the log σ² learn at this multiple of the lr (as BC's q(z) parameters: from
@@ -80,8 +81,6 @@ class SparseVD(Method):
     name: ClassVar[str] = "sparse_vd"
     threshold: float = 3.0
     init_logvar: float = -10.0
-    quantize: bool = True
-    scale_lr_mult: float = 1.0
     logvar_lr_mult: InitVar[float | None] = None  # the former name of scale_lr_mult: refused, naming it
 
     def __post_init__(self, logvar_lr_mult: float | None) -> None:
@@ -89,28 +88,16 @@ class SparseVD(Method):
             raise TypeError(f"logvar_lr_mult is now called scale_lr_mult (as in BC): write "
                             f"scale_lr_mult = {logvar_lr_mult!r} in the method_args")
 
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return lr_groups(model, [m.weight_logvar for _, m in bayes_layers(model)], self.scale_lr_mult)
-
     def layers(self) -> LayerSet:
         lv = self.init_logvar
-        # VGG keeps its batch norm (BC folds it away, bayescomp.bc.init_from_dense): a weight is removed
-        # on its own, never a filter's scale, so the exported model computes what the masked one does
+        # VGG keeps its batch norm (BC folds it away, bayescomp.variational.init_from_dense): a weight is
+        # removed on its own, never a filter's scale, so the exported model computes what the masked one does
         return LayerSet(lambda i, o, **kw: LinearSVD(i, o, init_logvar=lv, **kw),
                         lambda i, o, k, **kw: Conv2dSVD(i, o, k, init_logvar=lv, **kw), batch_norm=True)
 
-    def penalty(self, model: nn.Module) -> Tensor:
-        return kl_penalty(model)
-
-    def init_from_pretrained(self, model: nn.Module, dense: nn.Module) -> None:
-        init_from_dense(model, dense)  # means from the dense weights; other state (batch norm) copied
-
-    @torch.no_grad()
     def epoch_stats(self, model: nn.Module) -> dict[str, float]:
         """prunable_pct: the share of the weights at or above the log α threshold (what compress removes)."""
-        las = [m.prune_statistic() for _, m in bayes_layers(model)]  # log α
-        return {"prunable_pct": 100.0 * sum(int((la >= self.threshold).sum()) for la in las)
-                / max(sum(la.numel() for la in las), 1)}
+        return {"prunable_pct": prunable_pct(model, self.threshold)}
 
     @torch.no_grad()
     def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
@@ -120,8 +107,7 @@ class SparseVD(Method):
         for name, layer in bayes_layers(model):
             la = layer.prune_statistic().detach().cpu()  # log α
             keep = la < self.threshold
-            mean, var = layer.weight_mu.detach().cpu(), layer.weight_var().detach().cpu()
-            w, bits = quantize_kept(mean, var, keep) if self.quantize else (mean * keep + 0.0, 32)
+            w, bits = self.kept_weights(layer.weight_mu.detach().cpu(), layer.weight_var().detach().cpu(), keep)
             weights[name], biases[name] = w, layer.bias_mu.detach().cpu()
             out[name] = CompressedLayer(weights[name], bits)
             info["log_alpha_quantiles"][name] = [float(q) for q in la.flatten().quantile(

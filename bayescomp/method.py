@@ -25,7 +25,7 @@ class LayerSet:
     """The Linear / Conv2d classes a model is built with (signatures as torch.nn's, less `bias`: the
     models always have biases and the Bayesian layers take no such argument), and whether the
     model keeps its batch norm layers (vgg_cifar; the LeNets have none). BC builds VGG without them:
-    bayescomp.bc.init_from_dense folds the dense model's batch norm into the layers before it."""
+    bayescomp.variational.init_from_dense folds the dense model's batch norm into the layers before it."""
 
     linear: Callable[..., nn.Module] = nn.Linear
     conv2d: Callable[..., nn.Module] = nn.Conv2d

@@ -7,8 +7,8 @@ import torch
 from baselines.deep_compression import DeepCompression, linear_kmeans
 from baselines.magnitude import MagnitudePruning
 from baselines.sparse_vd import SparseVD
-from bayescomp.bc import bayes_layers
 from bayescomp.models import lenet300, prunable_layers
+from bayescomp.variational import bayes_layers
 
 
 def _run_schedule(method, model):
