@@ -1,41 +1,42 @@
 """Sparse variational dropout [MAV17]: one log α per weight, pruned where log α > 3.
 
-The layers reuse bayescomp's Bayesian layer base (parameters μ, log σ² per weight, Linear/Conv2d
-set-up, the operator) without group scales: w ~ N(μ, σ²) with log σ² learned directly (the additive
+The layers reuse bayescomp's Bayesian layer bases (bayescomp.layers.BayesLayer: parameters μ, log σ²
+per weight, the operator; BayesLinear / BayesConv2d: the set-up) without group scales: w ~ N(μ, σ²) with log σ² learned directly (the additive
 reparametrisation [MAV17] Eq. 11), the local reparametrisation trick in training [KSW15], a
 deterministic bias as in the authors' code, and the KL approximation [MAV17] Eq. 14 that
 bayescomp.kl already implements for the normal-Jeffreys scales. KL warm-up (the authors' code raises
 its weight linearly over the first epochs) is the spec's `kl_warmup_epochs`.
-compress(): weights with log α ≥ `threshold` are removed; bits per layer from the posterior variance
-with the same rule as BC (bayescomp.precision), so the row has bits and CR fast like the paper's.
+The method shares BC's variational base (bayescomp.variational: KL penalty, `scale_lr_mult`, start
+from the dense model, bits). compress(): weights with log α ≥ `threshold` are removed; bits per layer
+from the posterior variance with the same rule as BC (bayescomp.precision), so the row has bits and
+CR fast like the paper's.
 
 [MAV17] Molchanov, Ashukha, Vetrov. Variational Dropout Sparsifies Deep Neural Networks. ICML 2017.
 [KSW15] Kingma, Salimans, Welling. Variational Dropout and the Local Reparameterization Trick. NIPS 2015.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from bayescomp import kl
-from bayescomp.bc import bayes_layers, init_from_dense, kl_penalty
 from bayescomp.data import ImageData
-from bayescomp.layers import EPS, _ConvMixin, _GroupBayesLayer, _LinearMixin
-from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method, lr_groups
-from bayescomp.precision import quantize_kept
+from bayescomp.layers import EPS, BayesConv2d, BayesLayer, BayesLinear
+from bayescomp.method import Compressed, CompressedLayer, LayerSet
 from bayescomp.prune import densify
+from bayescomp.variational import VariationalMethod, bayes_layers, prunable_pct
 
 LOG_ALPHA_CLAMP = 10.0  # [MAV17] code: log α clipped to [-10, 10] inside the KL
 
 
-class _SparseVD(_GroupBayesLayer):
-    """A Bayesian layer whose groups are single weights: no scale variables."""
+class SparseVDLayer(BayesLayer):
+    """A Bayesian layer pruned weight by weight: no scale variables, a point-estimate bias; the posterior
+    mean and variance are BayesLayer's, μ and σ²."""
 
-    def _drop_bias_variance(self) -> None:
-        del self.bias_logvar  # the bias is a point estimate
+    bias_variance = False
 
     def log_alpha(self) -> Tensor:
         """log α = log σ² − log μ² per weight. [MAV17] Eq. 11"""
@@ -48,19 +49,8 @@ class _SparseVD(_GroupBayesLayer):
         var = self.lrt_variance(x, None)  # [KSW15] Eq. 6, float32 under autocast
         return mu + (var + EPS).sqrt() * torch.randn_like(var)
 
-    @property
-    def weight(self) -> Tensor:
-        return self.weight_mu
-
-    @property
-    def bias(self) -> Tensor:
-        return self.bias_mu
-
-    def weight_var(self) -> Tensor:
-        return self.weight_logvar.exp()
-
     def scale_parameters(self) -> list[nn.Parameter]:
-        return []
+        return [self.weight_logvar]  # log α moves with log σ²
 
     def kl(self) -> Tensor:
         return kl.kl_normal_jeffreys(self.log_alpha().clamp(-LOG_ALPHA_CLAMP, LOG_ALPHA_CLAMP))  # [MAV17] Eq. 14
@@ -68,64 +58,46 @@ class _SparseVD(_GroupBayesLayer):
     def prune_statistic(self) -> Tensor:
         return self.log_alpha()
 
-    @torch.no_grad()
-    def init_from(self, dense: nn.Module) -> None:
-        self.weight_mu.copy_(dense.weight)
-        if dense.bias is not None:
-            self.bias_mu.copy_(dense.bias)
+
+class LinearSVD(BayesLinear, SparseVDLayer):
+    def __init__(self, in_features: int, out_features: int, init_logvar: float = -10.0) -> None:
+        super().__init__(in_features, out_features, init_logvar)
 
 
-class LinearSVD(_LinearMixin, _SparseVD):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, init_logvar: float = -10.0) -> None:
-        super().__init__()
-        self._setup_linear(in_features, out_features, init_logvar)
-        self._drop_bias_variance()
-
-
-class Conv2dSVD(_ConvMixin, _SparseVD):
+class Conv2dSVD(BayesConv2d, SparseVDLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                 dilation: int | tuple[int, int] = 1, bias: bool = True, init_logvar: float = -10.0) -> None:
-        super().__init__()
-        self._setup_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
-        self._drop_bias_variance()
+                 dilation: int | tuple[int, int] = 1, init_logvar: float = -10.0) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
 
 
 @dataclass
-class SparseVD(Method):
+class SparseVD(VariationalMethod):
     """threshold: log α above which a weight is removed ([MAV17]: 3). init_logvar: initial log σ².
     quantize: bits from the posterior variance, weights rounded to them (as BC).
-    logvar_lr_mult: the log σ² learn at this multiple of the lr (as BC's `scale_lr_mult`: from
+    scale_lr_mult: the log σ² learn at this multiple of the lr (as BC's q(z) parameters: from
     log α ≈ −5 at the start, reaching 3 takes at least 8 / lr steps)."""
 
     name: ClassVar[str] = "sparse_vd"
     threshold: float = 3.0
     init_logvar: float = -10.0
-    quantize: bool = True
-    logvar_lr_mult: float = 1.0
+    logvar_lr_mult: InitVar[float | None] = None  # the former name of scale_lr_mult: refused, naming it
 
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return lr_groups(model, [m.weight_logvar for _, m in bayes_layers(model)], self.logvar_lr_mult)
+    def __post_init__(self, logvar_lr_mult: float | None) -> None:
+        if logvar_lr_mult is not None:
+            raise TypeError(f"logvar_lr_mult is now called scale_lr_mult (as in BC): write "
+                            f"scale_lr_mult = {logvar_lr_mult!r} in the method_args")
 
     def layers(self) -> LayerSet:
         lv = self.init_logvar
-        # VGG keeps its batch norm (BC folds it away, bayescomp.bc.init_from_dense): a weight is removed
-        # on its own, never a filter's scale, so the exported model computes what the masked one does
+        # VGG keeps its batch norm (BC folds it away, bayescomp.variational.init_from_dense): a weight is
+        # removed on its own, never a filter's scale, so the exported model computes what the masked one does
         return LayerSet(lambda i, o, **kw: LinearSVD(i, o, init_logvar=lv, **kw),
                         lambda i, o, k, **kw: Conv2dSVD(i, o, k, init_logvar=lv, **kw), batch_norm=True)
 
-    def penalty(self, model: nn.Module) -> Tensor:
-        return kl_penalty(model)
-
-    def init_from_pretrained(self, model: nn.Module, dense: nn.Module) -> None:
-        init_from_dense(model, dense)  # means from the dense weights; other state (batch norm) copied
-
-    @torch.no_grad()
     def epoch_stats(self, model: nn.Module) -> dict[str, float]:
         """prunable_pct: the share of the weights at or above the log α threshold (what compress removes)."""
-        las = [m.log_alpha() for _, m in bayes_layers(model)]
-        return {"prunable_pct": 100.0 * sum(int((la >= self.threshold).sum()) for la in las)
-                / max(sum(la.numel() for la in las), 1)}
+        return {"prunable_pct": prunable_pct(model, self.threshold)}
 
     @torch.no_grad()
     def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
@@ -133,10 +105,9 @@ class SparseVD(Method):
         weights, biases, out = {}, {}, {}
         info: dict[str, Any] = {"threshold": self.threshold, "log_alpha_quantiles": {}}
         for name, layer in bayes_layers(model):
-            la = layer.log_alpha().detach().cpu()
+            la = layer.prune_statistic().detach().cpu()  # log α
             keep = la < self.threshold
-            mean, var = layer.weight_mu.detach().cpu(), layer.weight_var().detach().cpu()
-            w, bits = quantize_kept(mean, var, keep) if self.quantize else (mean * keep + 0.0, 32)
+            w, bits = self.kept_weights(layer.weight_mu.detach().cpu(), layer.weight_var().detach().cpu(), keep)
             weights[name], biases[name] = w, layer.bias_mu.detach().cpu()
             out[name] = CompressedLayer(weights[name], bits)
             info["log_alpha_quantiles"][name] = [float(q) for q in la.flatten().quantile(

@@ -1,4 +1,4 @@
-"""The paper's two methods, BC-GNJ and BC-GHS, as `Method`s; and their shared variational base.
+"""The paper's two methods, BC-GNJ and BC-GHS, as `VariationalMethod`s (bayescomp.variational).
 
 compress(): (1) per-layer pruning thresholds on the group statistic (GNJ: log α; GHS: −log of the
 posterior mode of z), either given (`threshold_rule = "fixed"`) or chosen on the validation split
@@ -7,8 +7,9 @@ the posterior-mean model stays within `val_margin_pct` · (l+1)/L of the unprune
 is spent evenly over the L layers); (2) masks cascaded across layers (bayescomp.prune); (3) bits per
 layer from the posterior variance and weights rounded to them (bayescomp.precision).
 Models are built without batch norm; a pretrained dense model's is folded into the convs
-(`init_from_dense` says why).
-Not here: the layers (bayescomp.layers), measuring (bayescomp.metrics).
+(bayescomp.variational.init_from_dense says why).
+Not here: the layers (bayescomp.layers), the penalty, learning rates and initialisation
+(bayescomp.variational), measuring (bayescomp.metrics).
 """
 from __future__ import annotations
 
@@ -19,83 +20,35 @@ import torch
 from torch import Tensor, nn
 
 from bayescomp.data import ImageData
-from bayescomp.layers import Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ, _GroupBayesLayer
-from bayescomp.method import Compressed, CompressedLayer, LayerSet, Method, lr_groups
-from bayescomp.models import fold_batch_norm, prunable_layers
-from bayescomp.precision import quantize_kept
+from bayescomp.layers import BayesLayer, Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ
+from bayescomp.method import Compressed, CompressedLayer, LayerSet
+from bayescomp.models import prunable_layers
 from bayescomp.prune import cascade_masks, densify
 from bayescomp.train import evaluate
+from bayescomp.variational import VariationalMethod, bayes_layers, prunable_pct
 
 THRESHOLD_RULES = ("validation", "fixed")
 
 
-def bayes_layers(model: nn.Module) -> list[tuple[str, _GroupBayesLayer]]:
-    return [(n, m) for n, m in prunable_layers(model) if isinstance(m, _GroupBayesLayer)]
-
-
-def kl_penalty(model: nn.Module) -> Tensor:
-    """The KL divergence of every Bayesian layer of `model`, summed."""
-    return torch.stack([m.kl() for _, m in bayes_layers(model)]).sum()
-
-
-@torch.no_grad()
-def init_from_dense(model: nn.Module, dense: nn.Module) -> None:
-    """Posterior means from a trained dense model of the same architecture; other state copied.
-
-    Batch norm. A BatchNorm layer that `model` has too (Sparse VD keeps vgg_cifar's) is copied. One
-    that `model` lacks (BC builds vgg_cifar without batch norm, `LayerSet.batch_norm`) is folded, in
-    its eval form (running statistics), into the weights and bias of the layer before it
-    (bayescomp.models.fold_batch_norm), so that in eval mode `model` starts as exactly the dense
-    model's function. Why BC has no batch norm: z scales a conv filter including its bias ([LUW17]
-    Sec. 3, conv case; bayescomp.layers forward). (1) A train-mode BatchNorm after z divides each
-    channel by its batch statistics, so the scale of z cancels from the data term and only the KL
-    acts on it. (2) A frozen (eval-mode) BatchNorm after z maps a pruned filter (z = 0) to the constant
-    β − γμ/σ, so removing the filter changes the function, and that constant cannot be folded into the
-    next conv's bias exactly either (its zero padding sees 0 at the border, not the constant). (3)
-    With the batch norm folded into the conv, z = 0 zeroes the channel and removing it is exact, and
-    the data term depends on every z.
-    """
-    dense = fold_batch_norm(dense, keep={n for n, m in model.named_modules()
-                                         if isinstance(m, nn.modules.batchnorm._BatchNorm)})
-    dense_mods = dict(dense.named_modules())
-    for name, layer in bayes_layers(model):
-        layer.init_from(dense_mods[name])
-    prunable = {n for n, _ in prunable_layers(model)}
-    own = model.state_dict()
-    rest = {k: v for k, v in dense.state_dict().items()
-            if k.rpartition(".")[0] not in prunable and k in own and own[k].shape == v.shape}
-    model.load_state_dict(rest, strict=False)
-
-
 @dataclass
-class VariationalMethod(Method):
-    """Base of methods whose layers carry a KL term and a per-group pruning statistic.
+class BayesianCompression(VariationalMethod):
+    """Base of BC-GNJ and BC-GHS: group pruning by thresholds on the group statistic, masks cascaded.
 
     clip_var: clamp of the weight variances of the first Linear layer (official LeNet-300 code: 0.04).
     threshold_rule: "validation" (default) or "fixed" (then `thresholds`, one per prunable layer:
         a group is removed when its statistic is >= the threshold).
     val_margin_pct: validation-error margin the pruning may spend, in percentage points.
-    quantize: assign bits from the posterior variance and round the weights to them.
-    scale_lr_mult: the learning rate of the q(z) parameters is the configured lr times this; the
-        group scales start far from pruning (log α ≈ −9) and otherwise move about lr per step.
+    quantize, scale_lr_mult: see `VariationalMethod`.
     """
 
     clip_var: float | None = 0.04
     threshold_rule: str = "validation"
     thresholds: list[float] = field(default_factory=list)
     val_margin_pct: float = 0.1
-    quantize: bool = True
-    scale_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
         if self.threshold_rule not in THRESHOLD_RULES:
             raise ValueError(f"threshold_rule {self.threshold_rule!r} unknown; valid: {list(THRESHOLD_RULES)}")
-
-    def penalty(self, model: nn.Module) -> Tensor:
-        return kl_penalty(model)
-
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return lr_groups(model, [p for _, m in bayes_layers(model) for p in m.scale_parameters()], self.scale_lr_mult)
 
     def on_step_end(self, model: nn.Module) -> None:
         if self.clip_var is None:
@@ -104,22 +57,13 @@ class VariationalMethod(Method):
         first.clip_var = self.clip_var
         first.clip_variances()
 
-    def init_from_pretrained(self, model: nn.Module, dense: nn.Module) -> None:
-        init_from_dense(model, dense)
-
     reference_threshold: ClassVar[float]  # of the group statistic; only for the convergence curve
 
-    @torch.no_grad()
     def epoch_stats(self, model: nn.Module) -> dict[str, float]:
         """prunable_pct: the share of the weights whose group statistic is at or above the method's
         fixed `reference_threshold` (before the cascade). It shows convergence epoch by epoch; the
         table's architecture comes from the validation rule of `compress`, not from it."""
-        pruned = total = 0
-        for _, m in bayes_layers(model):
-            per_group = m.weight_mu.numel() // m.n_groups
-            pruned += int((m.prune_statistic() >= self.reference_threshold).sum()) * per_group
-            total += m.weight_mu.numel()
-        return {"prunable_pct": 100.0 * pruned / max(total, 1)}
+        return {"prunable_pct": prunable_pct(model, self.reference_threshold)}
 
     def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
         model = model.eval()
@@ -150,8 +94,7 @@ class VariationalMethod(Method):
         out_layers: dict[str, CompressedLayer] = {}
         weights, bias_out = {}, {}
         for n, _ in layers:
-            w, bits = (quantize_kept(means[n], variances[n], masks[n]) if self.quantize
-                       else (means[n] * masks[n] + 0.0, 32))
+            w, bits = self.kept_weights(means[n], variances[n], masks[n])
             weights[n] = w
             row_alive = masks[n].flatten(1).any(1)
             bias_out[n] = biases[n] * row_alive
@@ -168,7 +111,7 @@ def _prune_top(s: Tensor, k: int) -> float:
     return float("inf") if k == 0 else float(s[k - 1] + s[k]) / 2
 
 
-def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayesLayer]], stats: dict[str, Tensor],
+def _validation_thresholds(model: nn.Module, layers: list[tuple[str, BayesLayer]], stats: dict[str, Tensor],
                            means: dict[str, Tensor], biases: dict[str, Tensor], data: ImageData,
                            margin: float, device: torch.device | str = "cpu") -> tuple[dict[str, float], dict[str, Any]]:
     """Per layer in turn, the threshold removing the most groups within a cumulative share of the margin;
@@ -204,7 +147,7 @@ def _validation_thresholds(model: nn.Module, layers: list[tuple[str, _GroupBayes
 
 
 @dataclass
-class BCGroupNJ(VariationalMethod):
+class BCGroupNJ(BayesianCompression):
     """BC with the group normal-Jeffreys prior [LUW17] Sec. 3.1."""
 
     name: ClassVar[str] = "bc_gnj"
@@ -219,7 +162,7 @@ class BCGroupNJ(VariationalMethod):
 
 
 @dataclass
-class BCGroupHS(VariationalMethod):
+class BCGroupHS(BayesianCompression):
     """BC with the group horseshoe prior [LUW17] Sec. 3.2; tau0 = 1e-5 (HORSESHOE.md §4),
     kl_form = "exact" (Gamma(½, scale τ0²)) or "appendix" (the reimplementations' eq. 34),
     scale_init = "mean_one" (HORSESHOE.md §8.5) or "prior_optimum" (bayescomp.layers)."""

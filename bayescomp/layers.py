@@ -6,6 +6,8 @@ normal-Jeffreys prior (GNJ) and log-normal for the horseshoe (GHS, HORSESHOE.md 
 Training uses the local reparametrisation trick [KSW15]: one z per example and group, then the
 Gaussian pre-activation is sampled (two matmuls/convs). Eval mode is deterministic: the posterior
 means E[w] = E[z] μ. The layers hold parameters and compute; choosing masks is bayescomp.bc's job.
+`BayesLayer` (q(w̃), the bias, the operator) with its geometry bases `BayesLinear` / `BayesConv2d` is
+shared with Sparse VD's per-weight layers (baselines.sparse_vd).
 
 References:
   [LUW17] Louizos, Ullrich, Welling. Bayesian Compression for Deep Learning. NIPS 2017.
@@ -27,18 +29,121 @@ EPS = 1e-8
 SCALE_INITS = ("mean_one", "prior_optimum")  # initial posterior means of the horseshoe scale factors
 
 
-class _GroupBayesLayer(nn.Module):
-    """Shared machinery; subclasses define q(z) (sample, mean, variance, KL, pruning statistic)."""
+class BayesLayer(nn.Module):
+    """Base of every variational layer: q(w̃) = N(μ, σ²) per weight with log σ² learned directly, a bias
+    μ_b (with a variance σ_b² unless `bias_variance` is False), and the operator (F.linear / F.conv2d).
+
+    Subclasses define `kl()`, `prune_statistic()` and `scale_parameters()`. The posterior mean (`weight`,
+    `bias`) and variance (`weight_var()`) of the effective weights, and `init_from()`, are here those of
+    the weights alone, as in Sparse VD's per-weight layers (baselines.sparse_vd); the group layers
+    below scale groups of weights by z and override them.
+    Geometry (in/out sizes, the group axis `n_groups`) comes from `BayesLinear` or `BayesConv2d`.
+    """
 
     is_conv: bool = False
+    bias_variance: bool = True  # False: the bias is a point estimate (no bias_logvar)
     n_groups: int
 
     def _init_weights(self, shape: tuple[int, ...], fan_in: int, init_logvar: float) -> None:
         self.weight_mu = nn.Parameter(torch.empty(shape).normal_(0, 1 / math.sqrt(fan_in)))
         self.weight_logvar = nn.Parameter(torch.empty(shape).normal_(init_logvar, 1e-2))
         self.bias_mu = nn.Parameter(torch.zeros(shape[0]))
-        self.bias_logvar = nn.Parameter(torch.empty(shape[0]).normal_(init_logvar, 1e-2))
+        # drawn even for a point-estimate bias, so that every layer consumes the random stream alike
+        bias_logvar = torch.empty(shape[0]).normal_(init_logvar, 1e-2)
+        if self.bias_variance:
+            self.bias_logvar = nn.Parameter(bias_logvar)
         self.clip_var: float | None = None
+
+    @property
+    def weight(self) -> Tensor:
+        """Posterior mean of the effective weights (here μ; the group layers scale it by E[z])."""
+        return self.weight_mu
+
+    @property
+    def bias(self) -> Tensor:
+        """Posterior mean of the effective bias."""
+        return self.bias_mu
+
+    def weight_var(self) -> Tensor:
+        """Marginal posterior variance of the effective weights, for the bit precision (here σ²)."""
+        return self.weight_logvar.exp()
+
+    @torch.no_grad()
+    def init_from(self, dense: nn.Module) -> None:
+        """Posterior means from a trained dense layer of the same shape."""
+        self.weight_mu.copy_(dense.weight)
+        if dense.bias is not None:
+            self.bias_mu.copy_(dense.bias)
+
+    def kl(self) -> Tensor:
+        """KL(q || p) of this layer, summed over all its parameters."""
+        raise NotImplementedError
+
+    def prune_statistic(self) -> Tensor:
+        """Per group (per weight in Sparse VD); larger = more prunable (GNJ, Sparse VD: log α; GHS: minus
+        the log posterior mode of z)."""
+        raise NotImplementedError
+
+    def scale_parameters(self) -> list[nn.Parameter]:
+        """The variational parameters that decide pruning (trained at `scale_lr_mult` times the lr)."""
+        raise NotImplementedError
+
+    def clip_variances(self) -> None:
+        """Clamp the weight and bias log-variances at log(clip_var), as the official code for fc1."""
+        if self.clip_var is not None:
+            with torch.no_grad():
+                self.weight_logvar.clamp_(max=math.log(self.clip_var))
+                if self.bias_variance:
+                    self.bias_logvar.clamp_(max=math.log(self.clip_var))
+
+    def _op(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        if self.is_conv:
+            return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
+        return F.linear(x, w, b)
+
+    def lrt_variance(self, x: Tensor, bias_logvar: Tensor | None) -> Tensor:
+        """Variance of the pre-activation, (x²) ∗ σ² + σ_b² [KSW15] Eq. 6, in float32 even under autocast."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            return self._op(x * x, self.weight_logvar.exp(), None if bias_logvar is None else bias_logvar.exp())
+
+
+class BayesLinear(BayesLayer):
+    """Geometry of a Bayesian Linear layer: weight (out_features, in_features); groups = input units."""
+
+    def __init__(self, in_features: int, out_features: int, init_logvar: float) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.n_groups = in_features
+        self._init_weights((out_features, in_features), in_features, init_logvar)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class BayesConv2d(BayesLayer):
+    """Geometry of a Bayesian Conv2d layer: weight (out, in, kh, kw); groups = output filters."""
+
+    is_conv = True
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int], padding: int | tuple[int, int],
+                 dilation: int | tuple[int, int], init_logvar: float) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.n_groups = out_channels
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self._init_weights((out_channels, in_channels, *self.kernel_size), fan_in, init_logvar)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}")
+
+
+class _GroupBayesLayer(BayesLayer):
+    """Group scales z: subclasses define q(z) (sample, mean, variance, KL, pruning statistic)."""
 
     # ---- q(z): implemented by subclasses
     def sample_z(self, batch: int) -> Tensor:
@@ -54,20 +159,11 @@ class _GroupBayesLayer(nn.Module):
     def kl_z(self) -> Tensor:
         raise NotImplementedError
 
-    def prune_statistic(self) -> Tensor:
-        """Per group; larger = more prunable (GNJ: log α; GHS: minus the log posterior mode of z)."""
-        raise NotImplementedError
-
     def scale_parameters(self) -> list[nn.Parameter]:
         """The variational parameters of q(z) (group and layer scales)."""
         return [p for n, p in self.named_parameters(recurse=False) if not n.startswith(("weight_", "bias_"))]
 
     # ---- shared
-    def _op(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        if self.is_conv:
-            return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
-        return F.linear(x, w, b)
-
     def _expand(self, z: Tensor) -> Tensor:
         """Group scales (..., G) broadcast against the weight (out, in[, kh, kw])."""
         return z.view(-1, 1, 1, 1) if self.is_conv else z.view(1, -1)
@@ -90,12 +186,6 @@ class _GroupBayesLayer(nn.Module):
             eps = torch.randn(x.shape[0], self.weight_mu.shape[0], device=x.device, dtype=x.dtype)
             return _LinearLRT.apply(x, z, self.weight_mu, self.weight_logvar, self.bias_mu, self.bias_logvar, eps)
 
-    def lrt_variance(self, x: Tensor, bias_logvar: Tensor | None) -> Tensor:
-        """Variance of the pre-activation, (x²) ∗ σ² + σ_b² [KSW15] Eq. 6, in float32 even under autocast."""
-        with torch.autocast(x.device.type, enabled=False):
-            x = x.float()
-            return self._op(x * x, self.weight_logvar.exp(), None if bias_logvar is None else bias_logvar.exp())
-
     @property
     def weight(self) -> Tensor:
         """Posterior mean of the effective weights, E[z] μ."""
@@ -116,13 +206,6 @@ class _GroupBayesLayer(nn.Module):
         """KL(q || p) of this layer, summed over all its parameters."""
         return (self.kl_z() + kl.kl_gaussian_std_normal(self.weight_mu, self.weight_logvar)
                 + kl.kl_gaussian_std_normal(self.bias_mu, self.bias_logvar))
-
-    def clip_variances(self) -> None:
-        """Clamp the weight and bias log-variances at log(clip_var), as the official code for fc1."""
-        if self.clip_var is not None:
-            with torch.no_grad():
-                self.weight_logvar.clamp_(max=math.log(self.clip_var))
-                self.bias_logvar.clamp_(max=math.log(self.clip_var))
 
     @torch.no_grad()
     def init_from(self, dense: nn.Module) -> None:
@@ -161,34 +244,6 @@ class _LinearLRT(torch.autograd.Function):
                 g.sum(0), g_v.sum(0).mul_(b_var), None)
 
 
-class _LinearMixin:
-    def _setup_linear(self, in_features: int, out_features: int, init_logvar: float) -> None:
-        self.in_features, self.out_features = in_features, out_features
-        self.n_groups = in_features
-        self._init_weights((out_features, in_features), in_features, init_logvar)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
-
-
-class _ConvMixin:
-    is_conv = True
-
-    def _setup_conv(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                    stride: int | tuple[int, int], padding: int | tuple[int, int],
-                    dilation: int | tuple[int, int], init_logvar: float) -> None:
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
-        self.n_groups = out_channels
-        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
-        self._init_weights((out_channels, in_channels, *self.kernel_size), fan_in, init_logvar)
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}")
-
-
 # ---------------------------------------------------------------- normal-Jeffreys (GNJ)
 
 class _GroupNJ(_GroupBayesLayer):
@@ -219,23 +274,21 @@ class _GroupNJ(_GroupBayesLayer):
         return self.log_alpha()
 
 
-class LinearGroupNJ(_LinearMixin, _GroupNJ):
+class LinearGroupNJ(BayesLinear, _GroupNJ):
     """Linear layer with the group normal-Jeffreys prior; groups = input units."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, init_logvar: float = -9.0) -> None:
-        super().__init__()
-        self._setup_linear(in_features, out_features, init_logvar)
+    def __init__(self, in_features: int, out_features: int, init_logvar: float = -9.0) -> None:
+        super().__init__(in_features, out_features, init_logvar)
         self._init_z(init_logvar)
 
 
-class Conv2dGroupNJ(_ConvMixin, _GroupNJ):
+class Conv2dGroupNJ(BayesConv2d, _GroupNJ):
     """Conv2d layer with the group normal-Jeffreys prior; groups = output filters."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                 dilation: int | tuple[int, int] = 1, bias: bool = True, init_logvar: float = -9.0) -> None:
-        super().__init__()
-        self._setup_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
+                 dilation: int | tuple[int, int] = 1, init_logvar: float = -9.0) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
         self._init_z(init_logvar)
 
 
@@ -315,23 +368,21 @@ class _GroupHS(_GroupBayesLayer):
         return -self.log_mode()
 
 
-class LinearGroupHS(_LinearMixin, _GroupHS):
+class LinearGroupHS(BayesLinear, _GroupHS):
     """Linear layer with the group horseshoe prior; groups = input units."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, tau0: float = 1e-5,
+    def __init__(self, in_features: int, out_features: int, tau0: float = 1e-5,
                  kl_form: str = "exact", init_logvar: float = -9.0, scale_init: str = "mean_one") -> None:
-        super().__init__()
-        self._setup_linear(in_features, out_features, init_logvar)
+        super().__init__(in_features, out_features, init_logvar)
         self._init_z(tau0, kl_form, init_logvar, scale_init)
 
 
-class Conv2dGroupHS(_ConvMixin, _GroupHS):
+class Conv2dGroupHS(BayesConv2d, _GroupHS):
     """Conv2d layer with the group horseshoe prior; groups = output filters."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                 dilation: int | tuple[int, int] = 1, bias: bool = True, tau0: float = 1e-5,
+                 dilation: int | tuple[int, int] = 1, tau0: float = 1e-5,
                  kl_form: str = "exact", init_logvar: float = -9.0, scale_init: str = "mean_one") -> None:
-        super().__init__()
-        self._setup_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, init_logvar)
         self._init_z(tau0, kl_form, init_logvar, scale_init)

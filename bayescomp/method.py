@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LayerSet:
-    """The Linear / Conv2d classes a model is built with (signatures as torch.nn's), and whether the
+    """The Linear / Conv2d classes a model is built with (signatures as torch.nn's, less `bias`: the
+    models always have biases and the Bayesian layers take no such argument), and whether the
     model keeps its batch norm layers (vgg_cifar; the LeNets have none). BC builds VGG without them:
-    bayescomp.bc.init_from_dense folds the dense model's batch norm into the layers before it."""
+    bayescomp.variational.init_from_dense folds the dense model's batch norm into the layers before it."""
 
     linear: Callable[..., nn.Module] = nn.Linear
     conv2d: Callable[..., nn.Module] = nn.Conv2d
@@ -76,6 +77,12 @@ class Method(ABC):
     def penalty(self, model: nn.Module) -> Tensor:
         """Extra loss (e.g. a KL divergence), summed over the data set; the trainer divides by N."""
         return torch.zeros(())
+
+    def init_from_pretrained(self, model: nn.Module, dense: nn.Module) -> None:
+        """Start `model` (built with `layers()`) from `dense`, a trained dense model of the same
+        architecture: what an experiment's `pretrain` gives. Default: not supported, a clear error."""
+        raise ValueError(f"method {self.name!r} cannot start from a pretrained model; remove `pretrain` from "
+                         "its experiment, or implement init_from_pretrained for it")
 
     def prepare(self, model: nn.Module) -> None:
         """Called by the trainer before the optimiser is built and a checkpoint is loaded (e.g. to

@@ -4,7 +4,7 @@ lenet300: 784-300-100-10 MLP with ReLU. lenet5_caffe: conv 20@5x5, pool, conv 50
 fc 800-500, fc 500-10 (ReLU after every hidden layer, as in the Sparse VD and BC reimplementations).
 vgg_cifar: the cifar.torch VGG (13 conv 3x3 + batch norm, fc 512-512 + batch norm, fc 512-10),
 without its dropout, since the compression methods bring their own noise; built without its batch
-norm layers when the layer set says so (BC: see bayescomp.bc.init_from_dense, `fold_batch_norm`).
+norm layers when the layer set says so (BC: see bayescomp.variational.init_from_dense, `fold_batch_norm`).
 Every model starts with `Normalize`, so it takes raw images scaled to [0, 1]. `widths` builds the
 smaller dense model a structural export produces; `InputSelect` then keeps only the used inputs.
 """

@@ -7,11 +7,18 @@
   before this run started (so this run was built from that very model), gets the new hash and the
   pretrain's hash written into its `spec.json`, with a `migrations` entry saying so. A result whose
   pretrain changed (stale, missing, or retrained after it) is left stale: it must be retrained.
+- renamed method_args (`RENAMED_METHOD_ARGS`; the method refuses the former name): a result whose
+  recorded hash equals its spec's hash with the keys under their former names gets the new hash and
+  names in its `spec.json` (and in its posterior.pt's `method_args`), with a `migrations` entry.
+  A resume point (results/.work/<id>/<profile>/seed<k>/spec_hash) gets the new hash the same way,
+  so the run continues from it instead of starting over.
 
-A migrated `spec.json` is rewritten atomically (temporary file, then one rename).
+A migrated file is rewritten atomically (temporary file, then one rename); spec.json last, so an
+interrupted migration is completed by running it again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -19,8 +26,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from reproduce.run import result_dir, status
-from reproduce.spec import RunSpec, Suite, content_hash
+import torch
+
+from bayescomp.models import load_plain
+from reproduce.run import artifact, result_dir, status
+from reproduce.spec import RunSpec, Suite, SpecError, content_hash
+
+RENAMED_METHOD_ARGS: dict[str, dict[str, str]] = {  # method -> {former key: key now}
+    "sparse_vd": {"logvar_lr_mult": "scale_lr_mult"},  # one name for the knob, as BC's
+}
 
 
 def _depth(suite: Suite, exp_id: str) -> int:
@@ -70,8 +84,80 @@ def migrate_pretrain_hash(suite: Suite, root: Path, spec: RunSpec, seed: int) ->
     return "migrated"
 
 
+def _renamed(method: str, args: dict[str, Any]) -> dict[str, Any]:
+    """method_args with every former key under its name now, in their order."""
+    names = RENAMED_METHOD_ARGS.get(method, {})
+    return {names.get(k, k): v for k, v in args.items()}
+
+
+def _renames_text(method: str) -> str:
+    return ", ".join(f"{a} -> {b}" for a, b in RENAMED_METHOD_ARGS[method].items())
+
+
+def _former_hash(spec: RunSpec) -> str | None:
+    """The hash of `spec` with its renamed method_args under their former names; None if it has none."""
+    former = {new: old for old, new in RENAMED_METHOD_ARGS.get(spec.method, {}).items()}
+    if not former.keys() & spec.method_args.keys():
+        return None
+    return content_hash({**spec.hashed_content(),
+                         "method_args": {former.get(k, k): v for k, v in spec.method_args.items()}})
+
+
+def migrate_renamed_args(root: Path, spec: RunSpec, seed: int) -> str | None:
+    """Relabel one results folder recorded under the former names of spec's method_args; None if it was not."""
+    folder = result_dir(root, spec.id, spec.profile, seed)
+    path = folder / "spec.json"
+    record = json.loads(path.read_text())
+    old = _former_hash(spec)
+    if old is None or record.get("spec_hash") != old:
+        return None
+    post = artifact(folder, "posterior")
+    if post is not None:  # absent: a large one on another machine; the run that needs it writes it again
+        obj = load_plain(post, f"restore it (git checkout -- {post}) and migrate again")
+        if "method_args" in obj:
+            obj["method_args"] = _renamed(spec.method, obj["method_args"])
+            tmp = post.with_name(post.name + ".tmp")
+            torch.save(obj, tmp)
+            os.replace(tmp, post)
+            entry = record.get("artifacts", {}).get("posterior")
+            if entry is not None and entry.get("file") == post.name:  # recorded size and SHA-256
+                entry.update(bytes=post.stat().st_size, sha256=hashlib.sha256(post.read_bytes()).hexdigest())
+    record["spec_hash"] = spec.hash
+    record["spec"]["method_args"] = _renamed(spec.method, record["spec"]["method_args"])
+    names = _renames_text(spec.method)
+    record.setdefault("migrations", []).append({
+        "from": old, "to": spec.hash, "date": time.strftime("%Y-%m-%d"),
+        "why": f"method_args renamed ({names}); nothing this run computed changed"})
+    _write_json(path, record)
+    return f"migrated (method_args renamed: {names})"
+
+
+def migrate_resume_point(suite: Suite, hash_file: Path) -> tuple[str, str, int, str]:
+    """Relabel one resume point, results/.work/<id>/<profile>/seed<k>/spec_hash, recorded under the former
+    names of its method_args: (experiment, '.work/<profile>', seed, outcome)."""
+    exp_id, profile, seed = hash_file.parts[-4], hash_file.parts[-3], int(hash_file.parent.name[4:])
+    where = (exp_id, f".work/{profile}", seed)
+    try:
+        spec = (suite.resolve_trial(profile[len("trial."):]) if profile.startswith("trial.")
+                else suite.resolve(exp_id, profile))
+    except SpecError as e:
+        return (*where, f"left as it is ({e})")
+    if spec.id != exp_id:
+        return (*where, f"left as it is (trial {profile[len('trial.'):]!r} is of {spec.id})")
+    recorded = hash_file.read_text().strip()
+    if recorded == spec.hash:
+        return (*where, "current")
+    if recorded != _former_hash(spec):
+        return (*where, "stale (checkpoint of another spec: the run starts over)")
+    tmp = hash_file.with_name(hash_file.name + ".tmp")
+    tmp.write_text(spec.hash)
+    os.replace(tmp, hash_file)
+    return (*where, f"migrated (method_args renamed: {_renames_text(spec.method)})")
+
+
 def migrate(suite: Suite, root: Path) -> list[tuple[str, str, int, str]]:
-    """Every recorded folder under `root`, pretrains first: (experiment, profile, seed, outcome)."""
+    """Every recorded folder under `root`, pretrains first, then every resume point under root/.work:
+    (experiment, profile, seed, outcome)."""
     out = []
     for exp_id in sorted(suite.ids(), key=lambda i: _depth(suite, i)):
         for profile in suite.profiles:
@@ -82,5 +168,9 @@ def migrate(suite: Suite, root: Path) -> list[tuple[str, str, int, str]]:
             for folder in sorted(base.glob("seed*")):
                 if folder.name[4:].isdigit() and (folder / "spec.json").exists():
                     seed = int(folder.name[4:])
-                    out.append((exp_id, profile, seed, migrate_pretrain_hash(suite, root, spec, seed)))
+                    renamed = None if status(root, spec, seed) == "current" else migrate_renamed_args(root, spec, seed)
+                    out.append((exp_id, profile, seed, renamed or migrate_pretrain_hash(suite, root, spec, seed)))
+    for hash_file in sorted((root / ".work").glob("*/*/seed*/spec_hash")):
+        if hash_file.parts[-4] in suite.experiments and hash_file.parent.name[4:].isdigit():
+            out.append(migrate_resume_point(suite, hash_file))
     return out

@@ -172,7 +172,7 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
                 deadline=deadline)
         pre_model = artifact(pre_dir, "model")
         assert pre_model is not None
-        method.init_from_pretrained(model, load_model(pre_model))  # type: ignore[attr-defined]
+        method.init_from_pretrained(model, load_model(pre_model))
     history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / "checkpoint.pt",
                   progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset, deadline=deadline)
     compressed = method.compress(model, data.subset(spec.train_subset, spec.test_subset))  # the run's own data

@@ -7,8 +7,8 @@ import torch
 from baselines.deep_compression import DeepCompression, linear_kmeans
 from baselines.magnitude import MagnitudePruning
 from baselines.sparse_vd import SparseVD
-from bayescomp.bc import bayes_layers
 from bayescomp.models import lenet300, prunable_layers
+from bayescomp.variational import bayes_layers
 
 
 def _run_schedule(method, model):
@@ -112,3 +112,23 @@ def test_compress_right_after_resuming_from_a_checkpoint():
     fresh.load_state_dict(model.state_dict())
     c = method.compress(fresh)
     torch.testing.assert_close(c.layers["fc1"].weight, dict(prunable_layers(model))["fc1"].weight.detach())
+
+
+def test_sparse_vd_scale_lr_mult_speeds_up_only_the_log_variances(mnist):
+    """Adam's first step moves every parameter by about its lr: the log σ² by 10x (as BC's q(z))."""
+    from bayescomp.train import TrainConfig, fit
+
+    method = SparseVD(scale_lr_mult=10.0)
+    model = lenet300(layers=method.layers())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, method, mnist, TrainConfig(epochs=1, batch_size=64, lr=1e-3), seed=0, progress=False,
+        train_subset=64, test_subset=10)
+    for n, p in model.named_parameters():
+        if n.startswith("fc1."):
+            step = (p.detach() - before[n]).abs().max().item()
+            assert step == pytest.approx(1e-2 if n == "fc1.weight_logvar" else 1e-3, rel=0.05), n
+
+
+def test_sparse_vd_refuses_the_former_name_of_scale_lr_mult():
+    with pytest.raises(TypeError, match="logvar_lr_mult is now called scale_lr_mult"):
+        SparseVD(logvar_lr_mult=10)

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bayescomp.bc import BCGroupHS, BCGroupNJ, bayes_layers
+from bayescomp.bc import BCGroupHS, BCGroupNJ
 from bayescomp.metrics import summarize
 from bayescomp.models import has_batch_norm, lenet5_caffe, lenet300, load_model, model_record, vgg_cifar
 from bayescomp.precision import unit_round_off
 from bayescomp.prune import architecture, cascade_masks, export, structure
+from bayescomp.variational import bayes_layers
 
 vgg_small = partial(vgg_cifar, width=0.125)  # 1/8 wide: 8 to 64 filters per conv
 

@@ -1,14 +1,18 @@
 """Bayesian layers: the stochastic forward has the analytic moments; eval mode is the posterior mean."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.sparse_vd import Conv2dSVD, LinearSVD
+from baselines.sparse_vd import Conv2dSVD, LinearSVD, SparseVD
 from bayescomp.layers import Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ
+from bayescomp.models import lenet5_caffe
 
 N = 40_000  # samples for moment checks
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def _perturb(layer):
@@ -188,3 +192,48 @@ def test_every_bayesian_layer_trains_under_bf16_autocast(make):
             var = layer.lrt_variance(x, None)
         assert var.dtype == torch.float32
         torch.testing.assert_close(var, layer.lrt_variance(x, None))
+
+
+def test_bayesian_layers_take_no_bias_argument():
+    """They always have a bias; the argument used to be accepted and ignored."""
+    for make in (lambda: LinearGroupNJ(4, 3, bias=False), lambda: Conv2dGroupHS(2, 3, 3, bias=False),
+                 lambda: LinearSVD(4, 3, bias=False)):
+        with pytest.raises(TypeError, match="bias"):
+            make()
+
+
+@pytest.mark.parametrize("make, keys", [
+    (lambda: LinearSVD(4, 3), ["weight_mu", "weight_logvar", "bias_mu"]),
+    (lambda: Conv2dSVD(2, 3, 3), ["weight_mu", "weight_logvar", "bias_mu"]),
+    (lambda: LinearGroupNJ(4, 3), ["weight_mu", "weight_logvar", "bias_mu", "bias_logvar", "z_mu", "z_logvar"]),
+    (lambda: Conv2dGroupNJ(2, 3, 3), ["weight_mu", "weight_logvar", "bias_mu", "bias_logvar", "z_mu", "z_logvar"]),
+    (lambda: LinearGroupHS(4, 3), ["weight_mu", "weight_logvar", "bias_mu", "bias_logvar", "sa_mu", "sb_mu",
+                                   "sa_logvar", "sb_logvar", "alpha_mu", "beta_mu", "alpha_logvar", "beta_logvar"]),
+], ids=["linear-svd", "conv-svd", "linear-gnj", "conv-gnj", "linear-ghs"])
+def test_state_dict_keys_are_those_of_the_recorded_posteriors(make, keys):
+    """posterior.pt and checkpoints hold state dicts by these names, in this (creation) order."""
+    assert list(make().state_dict()) == keys
+
+
+def test_sparse_vd_layers_draw_their_initial_values_in_the_recorded_order():
+    """μ, log σ², then a bias log σ² that is not kept (the bias is a point estimate): the random stream
+    stays as the recorded runs drew it, so their numbers are reproduced to the last bit."""
+    torch.manual_seed(1)
+    layer = LinearSVD(4, 3, init_logvar=-10.0)
+    after = torch.rand(3)
+    torch.manual_seed(1)
+    mu = torch.empty(3, 4).normal_(0, 1 / 2)  # 1/√fan_in
+    logvar = torch.empty(3, 4).normal_(-10.0, 1e-2)
+    torch.empty(3).normal_(-10.0, 1e-2)
+    assert torch.equal(layer.weight_mu, mu) and torch.equal(layer.weight_logvar, logvar)
+    assert torch.equal(torch.rand(3), after)
+
+
+def test_a_recorded_sparse_vd_posterior_loads_into_the_layers():
+    """Re-thresholding (reproduce sweep) loads posterior.pt into a model built with today's layers."""
+    path = RESULTS / "lenet5_caffe.sparse_vd" / "paper" / "seed0" / "posterior.pt"
+    if not path.exists():
+        pytest.skip(f"no recorded {path} in this checkout")
+    post = torch.load(path, weights_only=True)
+    model = lenet5_caffe(layers=SparseVD().layers())
+    model.load_state_dict(post["state_dict"])  # strict: same keys and shapes

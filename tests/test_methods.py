@@ -30,3 +30,9 @@ def test_every_method_trains_and_compresses(name, model_name, mnist):
     assert 0 <= metrics["error_pct"] <= 100 and 0 < metrics["nonzero_pct"] <= 100
     assert metrics["error_pct"] == metrics["error_masked_pct"]
     assert metrics["cr_fast"] >= 1.0 - 1e-9 and metrics["artifact_verified"] is True
+
+
+def test_a_method_without_a_pretrained_start_says_so():
+    """Method.init_from_pretrained: the variational and pruning methods implement it; Dense does not."""
+    with pytest.raises(ValueError, match="'dense' cannot start from a pretrained model"):
+        METHODS["dense"]().init_from_pretrained(MODELS["lenet300"](), MODELS["lenet300"]())

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from reproduce.__main__ import main
 from reproduce.migrate import migrate
 from reproduce.run import result_dir, status
@@ -74,3 +76,61 @@ def test_migrate_verb_prints_one_line_per_folder(tmp_path, capsys):
     assert main(["migrate", "--spec", str(path), "--results-dir", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     assert "lenet300.dense" in out and "seed0: current" in out
+
+
+SVD = '''
+[[experiment]]
+id = "lenet300.sparse_vd"
+table = "table1"
+model = "lenet300"
+dataset = "mnist"
+method = "sparse_vd"
+method_args = { scale_lr_mult = 10 }
+pretrain = "lenet300.dense"
+epochs = 1
+'''
+
+
+def _former(spec, **method_args) -> dict:
+    """spec's hashed content as recorded before `scale_lr_mult` was Sparse VD's name."""
+    return {**spec.hashed_content(), "method_args": method_args}
+
+
+def test_migrate_relabels_results_and_resume_points_recorded_under_a_renamed_method_arg(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC + SVD)
+    suite = load_suite(path)
+    svd, bc = suite.resolve("lenet300.sparse_vd", "quick"), suite.resolve("lenet300.bc_ghs", "quick")
+    root = tmp_path / "results"
+    old = _former(svd, logvar_lr_mult=10)
+    for seed, content in ((0, old), (1, _former(svd, logvar_lr_mult=5))):  # seed 1: another value, stays stale
+        d = result_dir(root, svd.id, "quick", seed)
+        d.mkdir(parents=True)
+        (d / "spec.json").write_text(json.dumps({"spec_hash": content_hash(content), "spec": content}))
+        (d / "history.csv").write_text("epoch\n1\n")
+        (d / "metrics.json").write_text("{}")
+    state = {"fc1.weight_mu": torch.randn(3, 2)}
+    torch.save({"format": "bayescomp-posterior/1", "method_args": {"logvar_lr_mult": 10}, "state_dict": state},
+               result_dir(root, svd.id, "quick", 0) / "posterior.pt")
+    work = root / ".work"
+    for exp_id, h in ((svd.id, content_hash(old)), (bc.id, bc.hash)):
+        (work / exp_id / "quick" / "seed0").mkdir(parents=True)
+        (work / exp_id / "quick" / "seed0" / "spec_hash").write_text(h)
+    assert [status(root, svd, s) for s in (0, 1)] == ["stale", "stale"]
+
+    outcomes = {(i, p, s): o for i, p, s, o in migrate(suite, root)}
+    assert outcomes[(svd.id, "quick", 0)] == "migrated (method_args renamed: logvar_lr_mult -> scale_lr_mult)"
+    assert outcomes[(svd.id, "quick", 1)].startswith("stale")
+    assert outcomes[(svd.id, ".work/quick", 0)].startswith("migrated")
+    assert outcomes[(bc.id, ".work/quick", 0)] == "current"
+    assert [status(root, svd, s) for s in (0, 1)] == ["current", "stale"]
+    record = json.loads((result_dir(root, svd.id, "quick", 0) / "spec.json").read_text())
+    assert record["spec"]["method_args"] == {"scale_lr_mult": 10} and content_hash(record["spec"]) == svd.hash
+    assert record["migrations"][-1]["from"] == content_hash(old)
+    post = torch.load(result_dir(root, svd.id, "quick", 0) / "posterior.pt", weights_only=True)
+    assert post["method_args"] == {"scale_lr_mult": 10} and torch.equal(post["state_dict"]["fc1.weight_mu"],
+                                                                         state["fc1.weight_mu"])
+    assert (work / svd.id / "quick" / "seed0" / "spec_hash").read_text() == svd.hash
+    assert (work / bc.id / "quick" / "seed0" / "spec_hash").read_text() == bc.hash
+    again = {(i, p, s): o for i, p, s, o in migrate(suite, root)}  # idempotent
+    assert again[(svd.id, "quick", 0)] == "current" and again[(svd.id, ".work/quick", 0)] == "current"

@@ -65,6 +65,13 @@ def test_bad_method_args_are_rejected(tmp_path):
         _suite(tmp_path, TINY + "method_args = { threshold = 3 }\n")
 
 
+def test_a_renamed_method_arg_is_rejected_naming_its_new_name(tmp_path):
+    svd = TINY.replace('method = "dense"', 'method = "sparse_vd"').replace("lenet300.dense", "lenet300.sparse_vd")
+    with pytest.raises(SpecError, match="logvar_lr_mult is now called scale_lr_mult"):
+        _suite(tmp_path, svd + "method_args = { logvar_lr_mult = 10 }\n")
+    assert _suite(tmp_path, svd + "method_args = { scale_lr_mult = 10 }\n")  # the name now
+
+
 @pytest.mark.parametrize("line, message", [
     ('lr = "fast"', "lr must be a finite number \\(e.g. lr = 0.001\\), got 'fast' \\(str\\)"),
     ("epochs = 2.5", "epochs must be an integer \\(e.g. epochs = 10\\), got 2.5 \\(float\\)"),
