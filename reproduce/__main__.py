@@ -29,7 +29,8 @@ from reproduce.figures import all_figures
 from reproduce.migrate import migrate
 from reproduce.recode import format_rows, recode
 from reproduce.registry import DATASETS
-from reproduce.run import parse_deadline, resolve_device, result_dir, run_one, status
+from reproduce.results import bench_dir, result_dir, status, write_atomic
+from reproduce.run import parse_deadline, resolve_device, run_one
 from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite
 from reproduce.sweep import setting_help, sweep
 from reproduce import table2, trials
@@ -199,9 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--op-profile {args.op_profile}: no recorded models; with models: {', '.join(models)}")
             shape = DATASETS[suite.resolve(f"{args.op_profile}.dense", args.profile).dataset]
             frame = op_profile(models[args.op_profile], shape)
-            out = args.results_dir / "bench" / "cpu" / f"op_profile_{args.op_profile}.csv"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(out, index_label="operator")
+            out = bench_dir(args.results_dir, "cpu") / f"op_profile_{args.op_profile}.csv"
+            write_atomic(out, frame.to_csv(index_label="operator"))
             print(f"self CPU ms per forward pass, batch 1024, 1 thread ({args.op_profile}, inference form; {out}):")
             print(frame.to_string(float_format=lambda v: f"{v:.2f}"))
         elif args.verb == "table2":

@@ -22,7 +22,6 @@ results/check/<profile>_calibration.csv.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import pandas as pd
 import torch
 
 from reproduce.check import METRICS, replace_section
-from reproduce.run import load_result, result_dir, status
+from reproduce.results import atomic_path, calibration_file, load_record, load_result, short_commit, status, write_atomic
 from reproduce.spec import Suite, load_suite
 
 KERNELS: dict[str, dict[str, str]] = {  # name -> environment that selects the CPU kernels
@@ -81,9 +80,9 @@ def measure(spec_path: Path, profile: str, root: Path, kernels: list[str], seeds
                 if status(root / name, spec, seed) != "current":
                     raise RuntimeError(f"{exp_id} seed {seed} under kernels {name}: no result; nothing was written")
                 got = load_result(root / name, spec, seed)
-                record = json.loads((result_dir(root / name, exp_id, profile, seed) / "spec.json").read_text())
+                record = load_record(root / name, spec, seed)
                 rows.append({"kernels": name, "experiment": exp_id, "seed": seed, "spec_hash": spec.hash,
-                             "commit": str(record.get("git_commit"))[:10], **{m: float(got[m]) for m in METRICS}})
+                             "commit": short_commit(record), **{m: float(got[m]) for m in METRICS}})
     return pd.DataFrame(rows)
 
 
@@ -129,14 +128,9 @@ def write_expected(toml_path: Path, profile: str, derived: dict[str, dict[str, d
             f'{m} = {{ value = {d["value"]!r}, tol = {d["tol"]!r}, kind = "{d["kind"]}", '
             f'basis = "{d["basis"]}", source = "{source}" }}' for m, d in metrics.items()]
         lines = replace_section(lines, exp_id, f"[experiment.expected.{profile}]", section)
-    tmp = toml_path.with_name(toml_path.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    try:
-        load_suite(tmp)  # still valid
-    except Exception:
-        tmp.unlink()
-        raise
-    os.replace(tmp, toml_path)
+    with atomic_path(toml_path) as tmp:
+        tmp.write_text("\n".join(lines))
+        load_suite(tmp)  # still valid; else the file stays as it was
 
 
 def calibrate(spec_path: Path, profile: str, root: Path, results_dir: Path, kernels: list[str], seeds: list[int],
@@ -152,10 +146,7 @@ def calibrate(spec_path: Path, profile: str, root: Path, results_dir: Path, kern
               f"{', '.join(sorted(frame['commit'].unique()))}, torch {torch.__version__}, 1 thread per run "
               f"(results/check/{profile}_calibration.csv)")
     write_expected(spec_path, profile, derived, source)
-    out = results_dir / "check" / f"{profile}_calibration.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out.with_name(out.name + ".tmp"), index=False)
-    os.replace(out.with_name(out.name + ".tmp"), out)
+    write_atomic(calibration_file(results_dir, profile), frame.to_csv(index=False))
     return pd.DataFrame([{"experiment": e, "metric": m, **{k: d[k] for k in ("value", "tol", "kind")}}
                          for e, ms in derived.items() for m, d in ms.items()])
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reproduce.run import load_result, status
+from reproduce.results import current_seeds, load_result
 from reproduce.spec import Suite
 
 METRICS = ("error_pct", "nonzero_pct", "cr_fast", "cr_max")
@@ -27,7 +27,7 @@ METRICS = ("error_pct", "nonzero_pct", "cr_fast", "cr_max")
 def measured(suite: Suite, profile: str, root: Path, exp_id: str) -> dict[str, float] | None:
     """The checked metrics of `exp_id`, mean over its seeds; None unless every seed has a current result."""
     spec = suite.resolve(exp_id, profile)
-    if any(status(root, spec, s) != "current" for s in spec.seeds):
+    if current_seeds(root, spec) != list(spec.seeds):
         return None
     runs = [load_result(root, spec, s) for s in spec.seeds]
     return {m: statistics.fmean(float(r[m]) for r in runs) for m in METRICS}

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from reproduce.run import run_one, status
+from reproduce.results import recorded_folders, status
+from reproduce.run import run_one
 from reproduce.spec import RunSpec, Suite, load_suite
 
 TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000}  # images in the official training split
@@ -103,9 +104,9 @@ def recorded_seconds(spec: RunSpec, roots: Sequence[Path], *, gpu: bool = False)
     spec's epochs and training images; None if none is recorded."""
     for root in roots:
         estimates = []
-        for path in sorted((Path(root) / spec.id / spec.profile).glob("seed*/spec.json")):
+        for _, folder in recorded_folders(Path(root), spec.id, spec.profile):
             try:
-                rec = json.loads(path.read_text())
+                rec = json.loads((folder / "spec.json").read_text())
                 wall, epochs = float(rec["wall_seconds"]), int(rec["spec"]["train"]["epochs"])
                 images, device = int(rec["n_train"]), str(rec.get("device", "cpu"))
             except (OSError, ValueError, KeyError, TypeError):  # unreadable or older records: not used

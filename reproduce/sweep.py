@@ -26,7 +26,7 @@ from bayescomp.data import ImageData
 from bayescomp.metrics import summarize
 from bayescomp.models import load_plain
 from reproduce.registry import METHODS, MODELS
-from reproduce.run import artifact, result_dir
+from reproduce.results import artifact, result_dir, write_atomic
 from reproduce.spec import RunSpec
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
@@ -80,5 +80,5 @@ def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[
                      "bits": metrics["bits"], "cr_fast": metrics["cr_fast"], "cr_max": metrics["cr_max"],
                      "val_error_pruned_pct": c.info.get("val_error_pruned_pct")})
     frame = pd.DataFrame(rows)
-    frame.to_csv(folder / "sweep.csv", index=False)
+    write_atomic(folder / "sweep.csv", frame.to_csv(index=False))
     return frame

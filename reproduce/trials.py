@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 
 from bayescomp.models import load_plain  # noqa: E402
 from reproduce.figures import save_figure  # noqa: E402
-from reproduce.run import load_result, result_dir, status  # noqa: E402
+from reproduce.results import load_result, result_dir, status, work_dir, write_atomic  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
 
 CURVES = (("val_error_pct", "validation error % (unpruned)"), ("penalty_per_n", "KL per example (nats)"),
@@ -33,7 +33,7 @@ def trial_history(suite: Suite, name: str, root: Path, seed: int) -> tuple[pd.Da
     spec = suite.resolve_trial(name)
     if status(root, spec, seed) == "current":
         return pd.read_csv(result_dir(root, spec.id, spec.profile, seed) / "history.csv"), "finished"
-    ckpt = root / ".work" / spec.id / spec.profile / f"seed{seed}" / "checkpoint.pt"
+    ckpt = work_dir(root, spec.id, spec.profile, seed) / "checkpoint.pt"
     if ckpt.exists():
         state = load_plain(ckpt, f"delete it to restart the trial: rm {ckpt}")
         return pd.DataFrame(state["history"]), f"in progress ({state['epoch']}/{spec.train.epochs} epochs)"
@@ -70,10 +70,9 @@ def compare(suite: Suite, experiment: str, root: Path, seed: int = 0) -> tuple[p
 def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int = 0) -> str:
     """figures/trials_<experiment>.{md,png,pdf}; returns the markdown."""
     frame, histories = compare(suite, experiment, root, seed)
-    figures.mkdir(parents=True, exist_ok=True)
     text = (f"# Recipe trials of {experiment} (seed {seed})\n\n"
             + frame.to_markdown(index=False, floatfmt=".2f") + "\n")
-    (figures / f"trials_{experiment}.md").write_text(text)
+    write_atomic(figures / f"trials_{experiment}.md", text)
     if histories:
         fig, axes = plt.subplots(1, len(CURVES), figsize=(12, 3.4))
         for i, (name, h) in enumerate(histories.items()):
