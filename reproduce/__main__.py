@@ -20,7 +20,8 @@ import torch
 
 from bayescomp.data import DataError, load_dataset
 from bayescomp.train import TrainingDiverged, TrainingPaused
-from reproduce.bench import op_profile, step_breakdown, train_cost
+from reproduce.bench_inference import op_profile
+from reproduce.bench_train import step_breakdown, train_cost
 from reproduce.calibrate import KERNELS, calibrate
 from reproduce.check import deviations, format_deviations
 from reproduce.executors import ExecutorUnavailable, LocalExecutor, plan_runs, report_failures

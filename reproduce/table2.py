@@ -4,6 +4,7 @@
 of each experiment) on this machine and writes results/bench/<device>/{inference.csv,
 training.csv, meta.json}, then renders figures/table2.md and figures/table2_speedup.{png,pdf}.
 Everything but the times is deterministic: the models, inputs (seeded) and FLOP counts.
+How each is timed: reproduce/bench_inference.py (forward passes), reproduce/bench_train.py (training).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from torch import nn  # noqa: E402
 
 from bayescomp.data import load_dataset  # noqa: E402
 from bayescomp.models import load_model  # noqa: E402
-from reproduce.bench import inference_bench, peak_training_memory, train_cost  # noqa: E402
+from reproduce.bench_inference import inference_bench  # noqa: E402
+from reproduce.bench_train import peak_training_memory, train_cost  # noqa: E402
 from reproduce.figures import save_figure  # noqa: E402
 from reproduce.registry import DATASETS  # noqa: E402
 from reproduce.results import (artifact, bench_dir, bench_dirs, code_version, current_specs, provenance,  # noqa: E402
