@@ -8,20 +8,37 @@ Inference speed is reproduce/bench_inference.py.
 """
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bayescomp.data import ImageData
+from bayescomp.data import ImageData, load_dataset
 from bayescomp.train import TrainConfig, fit
 from reproduce.registry import METHODS, MODELS
+from reproduce.spec import Suite
+
+
+def bench_train_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce bench-train`: epoch time of --methods on --model, then a step's time by phase."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = suite.resolve(f"{args.model}.dense", "paper")  # its data set
+    rows = train_cost(load_dataset(spec.dataset, args.data_dir), args.model, args.methods.split(","), args.repeats)
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    shape = (3, 32, 32) if spec.dataset == "cifar10" else (1, 28, 28)
+    steps = step_breakdown(args.model, args.methods.split(","), input_shape=shape)
+    print("\nper training step, by phase (random batch of 128):")
+    print(pd.DataFrame(steps).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    return 0
 
 
 def train_cost(data: ImageData, model_name: str, methods: list[str], repeats: int = 3, batch_size: int = 128,

@@ -25,6 +25,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +44,18 @@ KERNELS: dict[str, dict[str, str]] = {  # name -> environment that selects the C
 REL_FLOOR = 0.01  # compression metrics: 1 % of the value
 ERROR_FLOOR_IMAGES = 2  # error: 2 test images
 USEFUL = {"error_pct": 2.0, "nonzero_pct": 0.10, "cr_fast": 0.10, "cr_max": 0.10}  # error: points; others: share
+
+
+def calibrate_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce calibrate`: measure in --work-dir (else a temporary folder), write the expected
+    values into the experiments file, print them."""
+    with tempfile.TemporaryDirectory(prefix=f"reproduce-calibrate-{args.profile}-") as tmp:
+        table = calibrate(args.spec, args.profile, args.work_dir or Path(tmp), args.results_dir,
+                          args.kernels.split(","), [int(s) for s in args.seeds.split(",")], args.jobs, args.data_dir)
+    print(table.to_string(index=False))
+    print(f"wrote expected.{args.profile} of {table['experiment'].nunique()} experiments into {args.spec}; "
+          f"every measurement in {calibration_file(args.results_dir, args.profile)}", file=sys.stderr)
+    return 0
 
 
 def run_grid(spec_path: Path, profile: str, root: Path, seeds: list[int], jobs: int, data_dir: str | None) -> int:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -35,6 +35,9 @@ from tqdm import tqdm
 from reproduce.results import recorded_folders, status
 from reproduce.run import run_one
 from reproduce.spec import RunSpec, Suite, load_suite
+
+if TYPE_CHECKING:
+    from reproduce.ray_executor import RayExecutor
 
 TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000}  # images in the official training split
 
@@ -230,6 +233,18 @@ class LocalExecutor:
                 break
         bar.close()
         return outcomes
+
+
+EXECUTORS = ("local", "ray")  # the engines --executor names
+
+
+def make_executor(name: str, *, jobs: int = 1, threads: int | None = None, address: str | None = None
+                  ) -> LocalExecutor | RayExecutor:
+    """The executor `name` (one of EXECUTORS); jobs: runs side by side (local), address: Ray's cluster."""
+    if name == "ray":
+        from reproduce.ray_executor import RayExecutor  # built on this module's Task, Plan and Outcome
+        return RayExecutor(threads=threads, address=address)
+    return LocalExecutor(jobs=jobs, threads=threads)
 
 
 def announce(outcome: Outcome, done: int, total: int) -> None:

@@ -7,6 +7,7 @@ rendering unchanged results again gives byte-identical files and leaves the git 
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -44,6 +45,13 @@ def _save(fig, out: Path, name: str) -> list[Path]:
         save_figure(fig, p)
     plt.close(fig)
     return paths
+
+
+def figures_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce figures`: every figure of the profile's recorded results; prints each file."""
+    for path in all_figures(suite, args.profile, args.results_dir, args.figures_dir):
+        print(path)
+    return 0
 
 
 def statistic_histograms(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:

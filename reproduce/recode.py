@@ -12,7 +12,9 @@ rename, so a killed recode leaves every folder whole; running it again gives the
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +23,17 @@ from typing import Any
 from bayescomp.metrics import artifact_metrics
 from bayescomp.models import load_model, load_plain
 from reproduce.results import WEIGHT_FILES, artifact, run_lock, sized_name, staged_dir
+from reproduce.spec import Suite
+
+
+def recode_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce recode`: every folder under --results-dir (of --profile), a row each."""
+    rows = recode(args.results_dir, args.profile)
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['folder']}: skipped, {r['skipped']}", file=sys.stderr)
+    print(format_rows(rows))
+    return 0
 
 
 def results_folders(root: Path, profile: str | None = None) -> list[Path]:

@@ -15,6 +15,7 @@ current seeds of a spec, and the provenance of a record. This module trains noth
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -226,6 +227,17 @@ def _read_json(path: Path, spec: RunSpec, seed: int) -> dict[str, Any]:
 def _redo(spec: RunSpec, seed: int, folder: Path) -> str:
     return (f"restore the folder (git checkout -- {folder}) or delete it and rerun: "
             f"python -m reproduce run {spec.id} --profile {spec.profile} --seed {seed}")
+
+
+def list_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce list`: the status of every seed of every experiment, per profile."""
+    profiles = [args.profile] if args.profile else list(suite.profiles)
+    for exp_id in suite.ids():
+        for prof in profiles:
+            spec = suite.resolve(exp_id, prof)
+            states = ", ".join(f"seed{s}: {status(args.results_dir, spec, s)}" for s in spec.seeds)
+            print(f"{exp_id:<28} {prof:<6} {states}")
+    return 0
 
 
 # ---------------------------------------------------------------- provenance

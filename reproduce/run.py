@@ -9,6 +9,7 @@ A run that needs a missing large pretrained model regenerates it.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -32,6 +33,23 @@ from reproduce.registry import METHODS, MODELS
 from reproduce.results import (artifact, code_version, load_result, result_dir, run_lock, save_artifact, sized_name,
                                staged_dir, staging_dir, status, work_dir)
 from reproduce.spec import RunSpec, Suite
+
+
+def run_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce run ID`: every seed of the experiment (or those of --seed), a line each."""
+    spec = suite.resolve(args.id, args.profile)
+    for seed in args.seed or list(spec.seeds):
+        m = run_one(suite, spec, seed, args.results_dir, device=args.device, data_dir=args.data_dir,
+                    progress=not args.no_progress, force=args.force,
+                    deadline=parse_deadline(args.stop_at) if args.stop_at else None)
+        print(f"{spec.id} [{spec.profile}] seed {seed}: {metrics_line(m)}")
+    return 0
+
+
+def metrics_line(m: dict[str, Any]) -> str:
+    """The numbers a finished run prints: error, |w≠0|/|w|, architecture, CR fast."""
+    return (f"error {m['error_pct']:.2f} %, |w≠0|/|w| {m['nonzero_pct']:.2f} %, architecture {m['architecture']}, "
+            f"CR fast {m['cr_fast']:.1f}")
 
 
 def parse_deadline(when: str, now: float | None = None) -> float:

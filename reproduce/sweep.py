@@ -15,23 +15,42 @@ The `setting` column names the threshold setting of a row (`setting_help` says i
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
-from bayescomp.data import ImageData
+from bayescomp.data import ImageData, load_dataset
 from bayescomp.metrics import summarize
 from bayescomp.models import load_plain
 from reproduce.registry import METHODS, MODELS
-from reproduce.results import artifact, result_dir, write_atomic
-from reproduce.spec import RunSpec
+from reproduce.results import artifact, result_dir, status, write_atomic
+from reproduce.spec import RunSpec, Suite
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
 SVD_THRESHOLDS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)  # log α; weights at or above are removed
 OFFICIAL_THRESHOLDS = {("lenet300", "bc_gnj"): [-2.8, -3.0, -5.0]}  # official example.py, kept if log α < t
+
+
+def sweep_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce sweep ID`: sweep every current seed (or those of --seed); print and record each."""
+    spec = suite.resolve(args.id, args.profile)
+    data = load_dataset(spec.dataset, args.data_dir, val_size=spec.val_size)
+    for seed in args.seed or list(spec.seeds):
+        if status(args.results_dir, spec, seed) != "current":
+            print(f"{spec.id} seed {seed}: no current results; skipped", file=sys.stderr)
+            continue
+        out = result_dir(args.results_dir, spec.id, spec.profile, seed) / "sweep.csv"
+        existed = out.exists()
+        frame = sweep(spec, seed, args.results_dir, data, progress=not args.no_progress)
+        print(f"{spec.id} [{spec.profile}] seed {seed} ({setting_help(spec)}):")
+        print(frame.drop(columns=["thresholds"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(f"wrote {out}{' (replacing the previous one)' if existed else ''}", file=sys.stderr)
+    return 0
 
 
 def setting_help(spec: RunSpec) -> str:

@@ -8,7 +8,9 @@ How each is timed: reproduce/bench_inference.py (forward passes), reproduce/benc
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import platform
 import time
 from pathlib import Path
@@ -23,18 +25,49 @@ from torch import nn  # noqa: E402
 
 from bayescomp.data import load_dataset  # noqa: E402
 from bayescomp.models import load_model  # noqa: E402
-from reproduce.bench_inference import inference_bench  # noqa: E402
+from reproduce.bench_inference import inference_bench, op_profile  # noqa: E402
 from reproduce.bench_train import peak_training_memory, train_cost  # noqa: E402
 from reproduce.figures import save_figure  # noqa: E402
 from reproduce.registry import DATASETS  # noqa: E402
 from reproduce.results import (artifact, bench_dir, bench_dirs, code_version, current_specs, provenance,  # noqa: E402
                                result_dir, write_atomic)
+from reproduce.run import resolve_device  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
-from reproduce.tables import MODEL_TITLES  # noqa: E402
+from reproduce.tables import MODEL_TITLES, embed  # noqa: E402
 
 TRAIN_METHODS = ("dense", "bc_gnj", "bc_ghs", "sparse_vd", "magnitude")  # DC and random train as magnitude
 TRAIN_SUBSET = {"lenet300": None, "lenet5_caffe": 5_000, "vgg_cifar": 2_560}  # images per timed epoch
 CPU_TRAIN_MODELS = ("lenet300", "lenet5_caffe")  # VGG's training cost is measured on a GPU only
+
+
+def table2_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce table2`: time the recorded models (unless --no-measure) and render Table 2 and
+    its block of REPRODUCING.md; with --op-profile MODEL, only the time per operator of that model's."""
+    if args.op_profile:
+        return _op_profile_command(args, suite)
+    if not args.no_measure:
+        resolve_device(args.device)
+        folder = measure(suite, args.profile, args.results_dir, args.device, args.data_dir,
+                         tuple(int(t) for t in args.threads.split(",")), progress=not args.no_progress)
+        print(summary(measured_rows(args.results_dir, folder.name)), file=sys.stderr)
+    text = render(args.results_dir, args.figures_dir)
+    print(text, end="")
+    if embed(args.figures_dir.parent / "REPRODUCING.md", "table2", text.split("\n", 2)[2]):
+        print("(updated the table2 block of REPRODUCING.md)", file=sys.stderr)
+    return 0
+
+
+def _op_profile_command(args: argparse.Namespace, suite: Suite) -> int:
+    models, _ = recorded_models(suite, args.profile, args.results_dir)
+    if args.op_profile not in models:
+        raise ValueError(f"--op-profile {args.op_profile}: no recorded models; with models: {', '.join(models)}")
+    shape = DATASETS[suite.resolve(f"{args.op_profile}.dense", args.profile).dataset]
+    frame = op_profile(models[args.op_profile], shape)
+    out = bench_dir(args.results_dir, "cpu") / f"op_profile_{args.op_profile}.csv"
+    write_atomic(out, frame.to_csv(index_label="operator"))
+    print(f"self CPU ms per forward pass, batch 1024, 1 thread ({args.op_profile}, inference form; {out}):")
+    print(frame.to_string(float_format=lambda v: f"{v:.2f}"))
+    return 0
 
 
 def recorded_models(suite: Suite, profile: str, root: Path) -> tuple[dict[str, dict[str, nn.Module]], list[str]]:

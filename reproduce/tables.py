@@ -6,15 +6,19 @@ never mixed in. "within" means not worse than the paper's value by more than the
 """
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from reproduce.executors import make_executor, plan_runs, report_failures
 from reproduce.results import (current_specs, load_record, load_result, profile_suffix, provenance, result_dir,
                                status, write_atomic)
+from reproduce.run import resolve_device
 from reproduce.spec import RunSpec, Suite
 
 MODEL_TITLES = {"lenet300": "LeNet-300-100 (MNIST)", "lenet5_caffe": "LeNet-5-Caffe (MNIST)",
@@ -24,6 +28,32 @@ COLUMNS: tuple[tuple[str, str, str | None, int], ...] = (
     ("nonzero_pct", "\\|w≠0\\|/\\|w\\| %", "lower", 2), ("architecture", "Pruned architecture", None, 0),
     ("bits", "Bits per layer", None, 0), ("cr_fast", "CR fast", "higher", 1), ("cr_max", "CR max", "higher", 1),
     ("error_pct", "Error %", "lower", 2))
+
+
+def table1_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce table1`: train the missing rows (unless --no-train), render Table 1 and the sweeps,
+    and for `paper` the generated blocks of REPRODUCING.md beside the figures folder; 1 if a run failed."""
+    gpu = resolve_device(args.device).type == "cuda"
+    plan = plan_runs(suite, args.profile, args.results_dir, suite.ids("table1"), gpu=gpu)
+    if args.dry_run or (plan.tasks and not args.no_train):
+        print(plan.describe(), file=sys.stderr)
+    if args.dry_run:
+        return 0
+    if plan.tasks and not args.no_train:
+        executor = make_executor(args.executor, jobs=args.jobs, address=args.address)
+        outcomes = executor.run(plan, args.spec, args.results_dir, device=args.device, data_dir=args.data_dir,
+                                progress=not args.no_progress)
+        if report_failures(outcomes):
+            return 1
+    table = render_table1(suite, args.profile, args.results_dir, args.figures_dir, plan.needs_gpu)
+    print(table, end="")
+    sweeps = render_sweeps(suite, args.profile, args.results_dir, args.figures_dir)
+    doc = args.figures_dir.parent / "REPRODUCING.md"  # the repository's, beside figures/
+    if args.profile == "paper" and embed(doc, "table1", table.split("\n", 2)[2]):
+        embed(doc, "sweeps", sweeps)
+        embed(doc, "walltimes", render_wall_times(suite, args.profile, args.results_dir))
+        print("(updated the generated blocks of REPRODUCING.md)", file=sys.stderr)
+    return 0
 
 
 @dataclass

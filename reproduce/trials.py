@@ -10,6 +10,7 @@ table metrics under the experiment's own threshold rule. Trials never enter Tabl
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -21,11 +22,37 @@ import pandas as pd  # noqa: E402
 from bayescomp.models import load_plain  # noqa: E402
 from reproduce.figures import save_figure  # noqa: E402
 from reproduce.results import load_result, result_dir, status, work_dir, write_atomic  # noqa: E402
+from reproduce.run import metrics_line, parse_deadline, run_one  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
 
 CURVES = (("val_error_pct", "validation error % (unpruned)"), ("penalty_per_n", "KL per example (nats)"),
           ("prunable_pct", "% weights past the reference threshold"))
 AT_EPOCHS = (5, 10, 25, 50, 100, 200)
+
+
+def trial_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce trial NAME...`: run the trials (every name checked first), then compare each
+    of their experiments' trials."""
+    deadline = parse_deadline(args.stop_at) if args.stop_at else None
+    specs = [suite.resolve_trial(n) for n in args.names]  # all names checked before training
+    for name, spec in zip(args.names, specs):
+        for seed in spec.seeds:
+            m = run_one(suite, spec, seed, args.results_dir, device=args.device, data_dir=args.data_dir,
+                        progress=not args.no_progress, deadline=deadline)
+            print(f"trial {name} seed {seed}: {metrics_line(m)}")
+    for exp_id in dict.fromkeys(s.id for s in specs):
+        print(render(suite, exp_id, args.results_dir, args.figures_dir))
+    return 0
+
+
+def trials_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce trials [EXPERIMENT]`: list the trials, or compare an experiment's."""
+    if args.experiment is None:
+        for name, t in suite.trials.items():
+            print(f"{name:<28} {t['experiment']:<24} {t.get('description', '')}")
+    else:
+        print(render(suite, args.experiment, args.results_dir, args.figures_dir))
+    return 0
 
 
 def trial_history(suite: Suite, name: str, root: Path, seed: int) -> tuple[pd.DataFrame | None, str]:
