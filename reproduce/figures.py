@@ -19,13 +19,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bayescomp.method import Method  # noqa: E402
-from reproduce.registry import METHODS  # noqa: E402
+from reproduce.registry import METHODS, prunes_groups  # noqa: E402
 from reproduce.results import (atomic_path, current_specs, load_result, profile_suffix, result_dir,  # noqa: E402
                                status)
 from reproduce.spec import Suite  # noqa: E402
 from reproduce.tables import MODEL_TITLES  # noqa: E402
 
-STAT_LABEL = {"bc_gnj": "log α", "bc_ghs": "−log mode of q(z)"}
+STAT_LABEL = {"bc_gnj": "log α", "bc_ghs": "−log mode of q(z)"}  # until the method classes say it themselves
+
+
+def statistic_label(method: str) -> str:
+    """The axis label of a group-pruning method's statistic: its class's `statistic_label` where it has one."""
+    return getattr(METHODS[method], "statistic_label", None) or STAT_LABEL.get(method, "group statistic")
 
 
 # no creation date (nor SOURCE_DATE_EPOCH's) in the PDF; PNG holds none, only the matplotlib version
@@ -55,11 +60,12 @@ def figures_command(args: argparse.Namespace, suite: Suite) -> int:
 
 
 def statistic_histograms(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
-    """Per BC experiment (first recorded seed): histogram of the group statistic per layer, with the threshold."""
+    """Per group-pruning (BC) experiment, first recorded seed: histogram of the group statistic per layer,
+    with the threshold."""
     written = []
     for spec, seeds in current_specs(suite, profile, root):
         d = result_dir(root, spec.id, profile, seeds[0]) / "details.json"
-        if spec.method not in STAT_LABEL or not d.exists():
+        if not prunes_groups(spec.method) or not d.exists():
             continue
         info = json.loads(d.read_text())
         stats, thr = info["statistic"], info["thresholds"]
@@ -70,7 +76,7 @@ def statistic_histograms(suite: Suite, profile: str, root: Path, out: Path) -> l
                 ax.axvline(t, color="tab:red", ls="--", label=f"threshold {t:.2f}")
                 ax.legend(fontsize=7)
             ax.set_title(f"{layer} ({len(values)} groups)", fontsize=9)
-            ax.set_xlabel(STAT_LABEL[spec.method] + " (prune ≥ threshold)", fontsize=8)
+            ax.set_xlabel(statistic_label(spec.method) + " (prune ≥ threshold)", fontsize=8)
             ax.set_yscale("log")
         fig.suptitle(f"{spec.id} [{profile}] seed {seeds[0]}: group statistics", fontsize=10, y=1.04)
         written += _save(fig, out, f"stat_hist_{spec.id.replace('.', '_')}{profile_suffix(profile)}")
@@ -78,10 +84,11 @@ def statistic_histograms(suite: Suite, profile: str, root: Path, out: Path) -> l
 
 
 def bits_and_units(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
-    """Per BC experiment: bits per layer and kept units per layer (fraction of the dense architecture)."""
+    """Per group-pruning (BC) experiment: bits per layer and kept units per layer (fraction of the dense
+    architecture)."""
     rows = []
     for spec, seeds in current_specs(suite, profile, root):
-        if spec.method not in STAT_LABEL:
+        if not prunes_groups(spec.method):
             continue
         dense = suite.resolve(f"{spec.model}.dense", profile) if f"{spec.model}.dense" in suite.experiments else None
         for s in seeds:

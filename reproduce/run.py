@@ -25,11 +25,10 @@ import pandas as pd
 import torch
 
 from bayescomp.data import load_dataset
-from bayescomp.method import DENSE
 from bayescomp.metrics import summarize
 from bayescomp.models import load_model, model_record
 from bayescomp.train import fit
-from reproduce.registry import METHODS, MODELS
+from reproduce.registry import METHODS, MODELS, has_posterior
 from reproduce.results import (artifact, code_version, load_result, result_dir, run_lock, save_artifact, sized_name,
                                staged_dir, staging_dir, status, work_dir)
 from reproduce.spec import RunSpec, Suite
@@ -143,7 +142,7 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
             if spec.pretrain else None,
         }
         artifacts = {"model": model_record(small, spec.model, [int(a) for a in metrics["architecture"].split("-")])}
-        if method.layers() is not DENSE:  # the trained posterior, for re-thresholding without retraining
+        if has_posterior(method):  # the trained posterior, for re-thresholding without retraining
             artifacts["posterior"] = {"format": "bayescomp-posterior/1", "model": spec.model, "method": spec.method,
                                       "method_args": spec.method_args,
                                       "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}

@@ -56,7 +56,7 @@ def test_table2_times_recorded_models_and_renders(tmp_path, data_dir, monkeypatc
     from tests.test_reproduce import BC, TINY
 
     monkeypatch.setattr(reproduce.table2, "TRAIN_SUBSET", {"lenet300": 256})
-    monkeypatch.setattr(reproduce.table2, "TRAIN_METHODS", ("dense", "bc_ghs"))
+    monkeypatch.setattr(reproduce.table2, "train_methods", lambda: ["dense", "bc_ghs"])
     spec = tmp_path / "e.toml"
     spec.write_text(TINY + BC)
     args = ["--spec", str(spec), "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f"),
