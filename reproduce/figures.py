@@ -2,7 +2,7 @@
 kept units per layer, learning curves.
 
 Each figure is written as PNG and PDF into the figures folder; a figure covers the current
-(non-stale) results of the chosen profile. The files hold no creation date (`save_figure`), so
+(non-stale) results of the chosen profile. The files hold no creation date (`save_figures`), so
 rendering unchanged results again gives byte-identical files and leaves the git tree clean.
 """
 from __future__ import annotations
@@ -37,17 +37,13 @@ def statistic_label(method: str) -> str:
 NO_DATE = {".pdf": {"CreationDate": None}, ".png": {}}
 
 
-def save_figure(fig, path: Path) -> None:
-    """fig as PNG or PDF (by path's suffix), byte-identical each time the same figure is drawn; written
-    beside and moved into place, so that an interrupted drawing leaves the old file."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight", metadata=NO_DATE[path.suffix])
-
-
-def _save(fig, out: Path, name: str) -> list[Path]:
+def save_figures(fig, out: Path, name: str) -> list[Path]:
+    """fig as out/<name>.png and .pdf, then closed; byte-identical each time the same figure is drawn, and
+    each file written beside and moved into place, so that an interrupted drawing leaves the old one."""
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for p in paths:
-        save_figure(fig, p)
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight", metadata=NO_DATE[path.suffix])
     plt.close(fig)
     return paths
 
@@ -79,7 +75,7 @@ def statistic_histograms(suite: Suite, profile: str, root: Path, out: Path) -> l
             ax.set_xlabel(statistic_label(spec.method) + " (prune ≥ threshold)", fontsize=8)
             ax.set_yscale("log")
         fig.suptitle(f"{spec.id} [{profile}] seed {seeds[0]}: group statistics", fontsize=10, y=1.04)
-        written += _save(fig, out, f"stat_hist_{spec.id.replace('.', '_')}{profile_suffix(profile)}")
+        written += save_figures(fig, out, f"stat_hist_{spec.id.replace('.', '_')}{profile_suffix(profile)}")
     return written
 
 
@@ -115,7 +111,7 @@ def bits_and_units(suite: Suite, profile: str, root: Path, out: Path) -> list[Pa
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Bayesian Compression per layer [{profile}]", fontsize=10)
-    return _save(fig, out, "bc_bits_units" + profile_suffix(profile))
+    return save_figures(fig, out, "bc_bits_units" + profile_suffix(profile))
 
 
 CURVES = (("test_error_pct", "test error % (posterior mean, unpruned)", "log"),
@@ -164,7 +160,7 @@ def learning_curves(suite: Suite, profile: str, root: Path, out: Path) -> list[P
             axes[r][0].set_ylabel(f"{spec.label}\n({len(seeds)} seed{'s' * (len(seeds) > 1)})", fontsize=8)
         fig.suptitle(f"{MODEL_TITLES.get(model, model)}: convergence ({profile})", fontsize=9)
         fig.tight_layout()
-        paths += _save(fig, out, f"learning_curves_{model}{profile_suffix(profile)}")
+        paths += save_figures(fig, out, f"learning_curves_{model}{profile_suffix(profile)}")
     return paths
 
 
@@ -227,7 +223,7 @@ def tradeoff(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{MODEL_TITLES.get(model, model)} [{profile}]: accuracy vs compression "
                      "(lines: threshold sweeps; ★ paper; + published)", fontsize=10)
-        written += _save(fig, out, f"tradeoff_{model}{profile_suffix(profile)}")
+        written += save_figures(fig, out, f"tradeoff_{model}{profile_suffix(profile)}")
     return written
 
 

@@ -28,13 +28,13 @@ from bayescomp.method import Dense  # noqa: E402
 from bayescomp.models import load_model  # noqa: E402
 from reproduce.bench_inference import inference_bench, op_profile  # noqa: E402
 from reproduce.bench_train import peak_training_memory, train_cost  # noqa: E402
-from reproduce.figures import save_figure  # noqa: E402
+from reproduce.figures import save_figures  # noqa: E402
 from reproduce.registry import DATASETS, METHODS, has_posterior, prunes_groups, trains_like  # noqa: E402
 from reproduce.results import (artifact, bench_dir, bench_dirs, code_version, current_specs, provenance,  # noqa: E402
                                result_dir, write_atomic)
 from reproduce.run import resolve_device  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
-from reproduce.tables import MODEL_TITLES, embed  # noqa: E402
+from reproduce.tables import MODEL_TITLES, embed, generated_doc  # noqa: E402
 
 TRAIN_SUBSET = {"lenet300": None, "lenet5_caffe": 5_000, "vgg_cifar": 2_560}  # images per timed epoch
 CPU_TRAIN_MODELS = ("lenet300", "lenet5_caffe")  # VGG's training cost is measured on a GPU only
@@ -53,7 +53,7 @@ def table2_command(args: argparse.Namespace, suite: Suite) -> int:
               file=sys.stderr)
     text = render(args.results_dir, args.figures_dir)
     print(text, end="")
-    if embed(args.figures_dir.parent / "REPRODUCING.md", "table2", text.split("\n", 2)[2]):
+    if embed(generated_doc(args.figures_dir), "table2", text.split("\n", 2)[2]):
         print("(updated the table2 block of REPRODUCING.md)", file=sys.stderr)
     return 0
 
@@ -208,9 +208,7 @@ def _figure(inf: pd.DataFrame, out_dir: Path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     fig.suptitle("Compressed LeNets and VGG: measured speed-up vs FLOP-ratio bound", fontsize=10)
-    for ext in ("png", "pdf"):
-        save_figure(fig, out_dir / f"table2_speedup.{ext}")  # no creation date: unchanged data, unchanged file
-    plt.close(fig)
+    save_figures(fig, out_dir, "table2_speedup")  # no creation date: unchanged data, unchanged file
 
 
 def summary(rows: pd.DataFrame, labels: set[str]) -> str:

@@ -48,7 +48,7 @@ def table1_command(args: argparse.Namespace, suite: Suite) -> int:
     table = render_table1(suite, args.profile, args.results_dir, args.figures_dir, plan.needs_gpu)
     print(table, end="")
     sweeps = render_sweeps(suite, args.profile, args.results_dir, args.figures_dir)
-    doc = args.figures_dir.parent / "REPRODUCING.md"  # the repository's, beside figures/
+    doc = generated_doc(args.figures_dir)
     if args.profile == "paper" and embed(doc, "table1", table.split("\n", 2)[2]):
         embed(doc, "sweeps", sweeps)
         embed(doc, "walltimes", render_wall_times(suite, args.profile, args.results_dir))
@@ -226,6 +226,11 @@ def render_sweeps(suite: Suite, profile: str, root: Path, out_dir: Path) -> str:
     text = "\n\n".join(parts) + "\n" if parts else "(no sweeps recorded)\n"
     write_atomic(out_dir / f"sweeps{profile_suffix(profile)}.md", text)
     return text
+
+
+def generated_doc(figures_dir: Path) -> Path:
+    """The document whose generated blocks `embed` rewrites: the repository's REPRODUCING.md, beside figures/."""
+    return figures_dir.parent / "REPRODUCING.md"
 
 
 def embed(doc: Path, block: str, body: str) -> bool:

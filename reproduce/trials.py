@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bayescomp.models import load_plain  # noqa: E402
-from reproduce.figures import save_figure  # noqa: E402
+from reproduce.figures import save_figures  # noqa: E402
 from reproduce.results import load_result, result_dir, status, work_dir, write_atomic  # noqa: E402
 from reproduce.run import metrics_line, parse_deadline, run_one  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
@@ -114,7 +114,5 @@ def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int =
         axes[0].legend(fontsize=7)
         fig.suptitle(f"recipe trials: {experiment}, seed {seed}", fontsize=9)
         fig.tight_layout()
-        for suffix in (".png", ".pdf"):
-            save_figure(fig, figures / f"trials_{experiment}{suffix}")
-        plt.close(fig)
+        save_figures(fig, figures, f"trials_{experiment}")
     return text
