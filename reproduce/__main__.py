@@ -6,37 +6,43 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
-import signal
 import sys
-import tempfile
-import threading
-import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-from bayescomp.data import DataError, load_dataset
+from bayescomp.data import DataError
 from bayescomp.train import TrainingDiverged, TrainingPaused
-from reproduce.bench import op_profile, step_breakdown, train_cost
-from reproduce.calibrate import KERNELS, calibrate
-from reproduce.check import deviations, format_deviations
-from reproduce.executors import ExecutorUnavailable, LocalExecutor, plan_runs, report_failures
-from reproduce.ray_executor import RayExecutor
-from reproduce.figures import all_figures
+from reproduce.bench_train import bench_train_command
+from reproduce.calibrate import KERNELS, calibrate_command
+from reproduce.check import check_command
+from reproduce.executors import EXECUTORS, ExecutorUnavailable
+from reproduce.figures import figures_command
 from reproduce.migrate import migrate
-from reproduce.recode import format_rows, recode
-from reproduce.registry import DATASETS
-from reproduce.run import parse_deadline, resolve_device, result_dir, run_one, status
+from reproduce.recode import recode_command
+from reproduce.results import list_command
+from reproduce.run import run_command
 from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite
-from reproduce.sweep import setting_help, sweep
-from reproduce import table2, trials
-from reproduce.tables import embed, render_sweeps, render_table1, render_wall_times
+from reproduce.sweep import sweep_command
+from reproduce.table2 import table2_command
+from reproduce.tables import table1_command
+from reproduce.trials import trial_command, trials_command
 
 
-EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
+def _migrate_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce migrate`: a line per recorded folder, saying what happened to it."""
+    for exp_id, prof, seed, outcome in migrate(suite, args.results_dir):
+        print(f"{exp_id:<28} {prof:<6} seed{seed}: {outcome}")
+    return 0
+
+
+VERBS: dict[str, Callable[[argparse.Namespace, Suite], int]] = {  # what each verb does, in its own module
+    "list": list_command, "run": run_command, "trial": trial_command, "trials": trials_command,
+    "table1": table1_command, "check": check_command, "table2": table2_command, "sweep": sweep_command,
+    "calibrate": calibrate_command, "recode": recode_command, "migrate": _migrate_command,
+    "figures": figures_command, "bench-train": bench_train_command}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,128 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                             + "; ".join(f"{n} = {p.get('description', 'no description')}"
                                         for n, p in suite.profiles.items()))
         _check_args(args, suite)
-        if args.verb == "list":
-            profiles = [args.profile] if args.profile else list(suite.profiles)
-            for exp_id in suite.ids():
-                for prof in profiles:
-                    spec = suite.resolve(exp_id, prof)
-                    states = ", ".join(f"seed{s}: {status(args.results_dir, spec, s)}" for s in spec.seeds)
-                    print(f"{exp_id:<28} {prof:<6} {states}")
-        elif args.verb == "run":
-            spec = suite.resolve(args.id, args.profile)
-            seeds = args.seed or list(spec.seeds)
-            for seed in seeds:
-                m = run_one(suite, spec, seed, args.results_dir, device=args.device, data_dir=args.data_dir,
-                            progress=not args.no_progress, force=args.force,
-                            deadline=parse_deadline(args.stop_at) if args.stop_at else None)
-                print(f"{spec.id} [{spec.profile}] seed {seed}: error {m['error_pct']:.2f} %, "
-                      f"|w≠0|/|w| {m['nonzero_pct']:.2f} %, architecture {m['architecture']}, "
-                      f"CR fast {m['cr_fast']:.1f}")
-        elif args.verb == "trial":
-            deadline = parse_deadline(args.stop_at) if args.stop_at else None
-            specs = [suite.resolve_trial(n) for n in args.names]  # all names checked before training
-            for name, spec in zip(args.names, specs):
-                for seed in spec.seeds:
-                    m = run_one(suite, spec, seed, args.results_dir, device=args.device, data_dir=args.data_dir,
-                                progress=not args.no_progress, deadline=deadline)
-                    print(f"trial {name} seed {seed}: error {m['error_pct']:.2f} %, |w≠0|/|w| {m['nonzero_pct']:.2f} %, "
-                          f"architecture {m['architecture']}, CR fast {m['cr_fast']:.1f}")
-            for exp_id in dict.fromkeys(s.id for s in specs):
-                print(trials.render(suite, exp_id, args.results_dir, args.figures_dir))
-        elif args.verb == "trials":
-            if args.experiment is None:
-                for name, t in suite.trials.items():
-                    print(f"{name:<28} {t['experiment']:<24} {t.get('description', '')}")
-            else:
-                print(trials.render(suite, args.experiment, args.results_dir, args.figures_dir))
-        elif args.verb == "table1":
-            gpu = resolve_device(args.device).type == "cuda"
-            plan = plan_runs(suite, args.profile, args.results_dir, suite.ids("table1"), gpu=gpu)
-            if args.dry_run or (plan.tasks and not args.no_train):
-                print(plan.describe(), file=sys.stderr)
-            if args.dry_run:
-                return 0
-            if plan.tasks and not args.no_train:
-                outcomes = _executor(args).run(plan, args.spec, args.results_dir, device=args.device,
-                                               data_dir=args.data_dir, progress=not args.no_progress)
-                if report_failures(outcomes):
-                    return 1
-            table = render_table1(suite, args.profile, args.results_dir, args.figures_dir, plan.needs_gpu)
-            print(table, end="")
-            sweeps = render_sweeps(suite, args.profile, args.results_dir, args.figures_dir)
-            doc = args.figures_dir.parent / "REPRODUCING.md"  # the repository's, beside figures/
-            if args.profile == "paper" and embed(doc, "table1", table.split("\n", 2)[2]):
-                embed(doc, "sweeps", sweeps)
-                embed(doc, "walltimes", render_wall_times(suite, args.profile, args.results_dir))
-                print("(updated the generated blocks of REPRODUCING.md)", file=sys.stderr)
-        elif args.verb == "table2" and args.op_profile:
-            models, _ = table2.recorded_models(suite, args.profile, args.results_dir)
-            if args.op_profile not in models:
-                raise ValueError(f"--op-profile {args.op_profile}: no recorded models; with models: {', '.join(models)}")
-            shape = DATASETS[suite.resolve(f"{args.op_profile}.dense", args.profile).dataset]
-            frame = op_profile(models[args.op_profile], shape)
-            out = args.results_dir / "bench" / "cpu" / f"op_profile_{args.op_profile}.csv"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(out, index_label="operator")
-            print(f"self CPU ms per forward pass, batch 1024, 1 thread ({args.op_profile}, inference form; {out}):")
-            print(frame.to_string(float_format=lambda v: f"{v:.2f}"))
-        elif args.verb == "table2":
-            if not args.no_measure:
-                resolve_device(args.device)
-                folder = table2.measure(suite, args.profile, args.results_dir, args.device, args.data_dir,
-                                        tuple(int(t) for t in args.threads.split(",")), progress=not args.no_progress)
-                print(table2.summary(table2.measured_rows(args.results_dir, folder.name)), file=sys.stderr)
-            text = table2.render(args.results_dir, args.figures_dir)
-            print(text, end="")
-            if embed(args.figures_dir.parent / "REPRODUCING.md", "table2", text.split("\n", 2)[2]):
-                print("(updated the table2 block of REPRODUCING.md)", file=sys.stderr)
-        elif args.verb == "check":
-            return _check(args, suite)
-        elif args.verb == "sweep":
-            spec = suite.resolve(args.id, args.profile)
-            data = load_dataset(spec.dataset, args.data_dir, val_size=spec.val_size)
-            for seed in args.seed or list(spec.seeds):
-                if status(args.results_dir, spec, seed) != "current":
-                    print(f"{spec.id} seed {seed}: no current results; skipped", file=sys.stderr)
-                    continue
-                out = result_dir(args.results_dir, spec.id, spec.profile, seed) / "sweep.csv"
-                existed = out.exists()
-                frame = sweep(spec, seed, args.results_dir, data, progress=not args.no_progress)
-                print(f"{spec.id} [{spec.profile}] seed {seed} ({setting_help(spec)}):")
-                print(frame.drop(columns=["thresholds"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-                print(f"wrote {out}{' (replacing the previous one)' if existed else ''}", file=sys.stderr)
-        elif args.verb == "calibrate":
-            with tempfile.TemporaryDirectory(prefix=f"reproduce-calibrate-{args.profile}-") as tmp:
-                table = calibrate(args.spec, args.profile, args.work_dir or Path(tmp), args.results_dir,
-                                  args.kernels.split(","), [int(s) for s in args.seeds.split(",")], args.jobs,
-                                  args.data_dir)
-            print(table.to_string(index=False))
-            print(f"wrote expected.{args.profile} of {table['experiment'].nunique()} experiments into {args.spec}; "
-                  f"every measurement in {args.results_dir / 'check' / (args.profile + '_calibration.csv')}",
-                  file=sys.stderr)
-        elif args.verb == "recode":
-            rows = recode(args.results_dir, args.profile)
-            for r in rows:
-                if "skipped" in r:
-                    print(f"{r['folder']}: skipped, {r['skipped']}", file=sys.stderr)
-            print(format_rows(rows))
-        elif args.verb == "migrate":
-            for exp_id, prof, seed, outcome in migrate(suite, args.results_dir):
-                print(f"{exp_id:<28} {prof:<6} seed{seed}: {outcome}")
-        elif args.verb == "figures":
-            for path in all_figures(suite, args.profile, args.results_dir, args.figures_dir):
-                print(path)
-        elif args.verb == "bench-train":
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            spec = suite.resolve(f"{args.model}.dense", "paper")  # its data set
-            rows = train_cost(load_dataset(spec.dataset, args.data_dir), args.model, args.methods.split(","),
-                              args.repeats)
-            print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-            shape = (3, 32, 32) if spec.dataset == "cifar10" else (1, 28, 28)
-            steps = step_breakdown(args.model, args.methods.split(","), input_shape=shape)
-            print("\nper training step, by phase (random batch of 128):")
-            print(pd.DataFrame(steps).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        return VERBS[args.verb](args, suite)
     except (SpecError, DataError, TrainingDiverged, ValueError, FileNotFoundError, ExecutorUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -271,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last completed epoch", file=sys.stderr)
         return 130
-    return 0
 
 
 def _profile_help(argv: list[str] | None) -> str:
@@ -310,77 +194,6 @@ def _check_args(args: argparse.Namespace, suite: Suite) -> None:
             raise ValueError(f"--seed {wrong[0]}: {spec.id} has no such seed in profile {spec.profile!r} "
                              f"(its seeds: {', '.join(map(str, spec.seeds))}); pass one of those, or add it to "
                              f"the experiment's seeds in {args.spec}")
-
-
-def _executor(args: argparse.Namespace, threads: int | None = None) -> LocalExecutor | RayExecutor:
-    if args.executor == "ray":
-        return RayExecutor(threads=threads, address=args.address)
-    return LocalExecutor(jobs=args.jobs, threads=threads)
-
-
-def _check(args: argparse.Namespace, suite) -> int:
-    """Retrain the profile, print the deviation table; 1 on any miss or failed run, 130 when interrupted.
-
-    Without --reuse the runs go into a fresh temporary folder (about 600 MB for `quick`), removed
-    when the check ends: passed, failed or interrupted (Ctrl-C, SIGTERM); --keep keeps it and says
-    where. A check does not resume: rerun it to start from scratch, or use --reuse to keep and
-    complete the runs in --results-dir (they resume from their last completed epoch).
-    """
-    if args.reuse:
-        return _check_in(args, suite, args.results_dir, history=())
-    root = Path(tempfile.mkdtemp(prefix=f"reproduce-check-{args.profile}-"))
-    again = f"python -m reproduce check --profile {args.profile} --reuse --results-dir {root}"
-    on_term = _sigterm_as_interrupt()
-    code = 2  # an exception on the way out
-    try:
-        code = _check_in(args, suite, root, history=(args.results_dir,))
-        return code
-    except KeyboardInterrupt:
-        code = 130
-        print("interrupted: a check does not resume; rerun it to start from scratch (or use --reuse to keep "
-              "and complete runs in --results-dir)", file=sys.stderr)
-        return code
-    finally:
-        on_term()
-        if args.keep:
-            print(f"kept the check's results in {root} (--keep); to complete them: `{again}`", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-            if code:
-                print(f"removed the check's results folder {root} (--keep keeps it)", file=sys.stderr)
-
-
-def _sigterm_as_interrupt():
-    """Make SIGTERM raise KeyboardInterrupt (so cleanup runs) until the returned function is called."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
-def _check_in(args: argparse.Namespace, suite, root: Path, history: tuple[Path, ...]) -> int:
-    """The check with its runs under root; time estimates may also come from the runs under `history`."""
-    plan = plan_runs(suite, args.profile, root, suite.ids(), gpu=resolve_device(args.device).type == "cuda",
-                     history=history)
-    where = "" if args.reuse else " (a fresh folder, removed when the check ends; --keep keeps it)"
-    print(f"check [{args.profile}]: results in {root}{where}\n{plan.describe()}", file=sys.stderr)
-    started = time.time()
-    # one thread per run: the numbers then do not depend on --jobs or on the number of cores
-    outcomes = _executor(args, threads=1).run(plan, args.spec, root, device=args.device, data_dir=args.data_dir,
-                                              progress=not args.no_progress)
-    failures = report_failures(outcomes)
-    frame = deviations(suite, args.profile, root)
-    misses = int((~frame["ok"]).sum())
-    print(format_deviations(frame))
-    print(f"\ncheck [{args.profile}]: {len(frame) - misses}/{len(frame)} metrics within tolerance "
-          f"({time.time() - started:.0f} s)")
-    if misses:
-        print(f"\n{misses} MISSES:\n{format_deviations(frame, only_failures=True)}", file=sys.stderr)
-    return 1 if misses or failures else 0
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ results/check/<profile>_calibration.csv.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from reproduce.check import METRICS, replace_section
-from reproduce.run import load_result, result_dir, status
+from reproduce.results import atomic_path, calibration_file, load_record, load_result, short_commit, status, write_atomic
 from reproduce.spec import Suite, load_suite
 
 KERNELS: dict[str, dict[str, str]] = {  # name -> environment that selects the CPU kernels
@@ -44,6 +44,18 @@ KERNELS: dict[str, dict[str, str]] = {  # name -> environment that selects the C
 REL_FLOOR = 0.01  # compression metrics: 1 % of the value
 ERROR_FLOOR_IMAGES = 2  # error: 2 test images
 USEFUL = {"error_pct": 2.0, "nonzero_pct": 0.10, "cr_fast": 0.10, "cr_max": 0.10}  # error: points; others: share
+
+
+def calibrate_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce calibrate`: measure in --work-dir (else a temporary folder), write the expected
+    values into the experiments file, print them."""
+    with tempfile.TemporaryDirectory(prefix=f"reproduce-calibrate-{args.profile}-") as tmp:
+        table = calibrate(args.spec, args.profile, args.work_dir or Path(tmp), args.results_dir,
+                          args.kernels.split(","), [int(s) for s in args.seeds.split(",")], args.jobs, args.data_dir)
+    print(table.to_string(index=False))
+    print(f"wrote expected.{args.profile} of {table['experiment'].nunique()} experiments into {args.spec}; "
+          f"every measurement in {calibration_file(args.results_dir, args.profile)}", file=sys.stderr)
+    return 0
 
 
 def run_grid(spec_path: Path, profile: str, root: Path, seeds: list[int], jobs: int, data_dir: str | None) -> int:
@@ -81,9 +93,9 @@ def measure(spec_path: Path, profile: str, root: Path, kernels: list[str], seeds
                 if status(root / name, spec, seed) != "current":
                     raise RuntimeError(f"{exp_id} seed {seed} under kernels {name}: no result; nothing was written")
                 got = load_result(root / name, spec, seed)
-                record = json.loads((result_dir(root / name, exp_id, profile, seed) / "spec.json").read_text())
+                record = load_record(root / name, spec, seed)
                 rows.append({"kernels": name, "experiment": exp_id, "seed": seed, "spec_hash": spec.hash,
-                             "commit": str(record.get("git_commit"))[:10], **{m: float(got[m]) for m in METRICS}})
+                             "commit": short_commit(record), **{m: float(got[m]) for m in METRICS}})
     return pd.DataFrame(rows)
 
 
@@ -129,14 +141,9 @@ def write_expected(toml_path: Path, profile: str, derived: dict[str, dict[str, d
             f'{m} = {{ value = {d["value"]!r}, tol = {d["tol"]!r}, kind = "{d["kind"]}", '
             f'basis = "{d["basis"]}", source = "{source}" }}' for m, d in metrics.items()]
         lines = replace_section(lines, exp_id, f"[experiment.expected.{profile}]", section)
-    tmp = toml_path.with_name(toml_path.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    try:
-        load_suite(tmp)  # still valid
-    except Exception:
-        tmp.unlink()
-        raise
-    os.replace(tmp, toml_path)
+    with atomic_path(toml_path) as tmp:
+        tmp.write_text("\n".join(lines))
+        load_suite(tmp)  # still valid; else the file stays as it was
 
 
 def calibrate(spec_path: Path, profile: str, root: Path, results_dir: Path, kernels: list[str], seeds: list[int],
@@ -152,10 +159,7 @@ def calibrate(spec_path: Path, profile: str, root: Path, results_dir: Path, kern
               f"{', '.join(sorted(frame['commit'].unique()))}, torch {torch.__version__}, 1 thread per run "
               f"(results/check/{profile}_calibration.csv)")
     write_expected(spec_path, profile, derived, source)
-    out = results_dir / "check" / f"{profile}_calibration.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out.with_name(out.name + ".tmp"), index=False)
-    os.replace(out.with_name(out.name + ".tmp"), out)
+    write_atomic(calibration_file(results_dir, profile), frame.to_csv(index=False))
     return pd.DataFrame([{"experiment": e, "metric": m, **{k: d[k] for k in ("value", "tol", "kind")}}
                          for e, ms in derived.items() for m, d in ms.items()])
 

@@ -13,21 +13,97 @@ count, and the numbers then do not depend on `--jobs` or the machine's cores.
 """
 from __future__ import annotations
 
+import argparse
+import shutil
+import signal
 import statistics
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
 
-from reproduce.run import load_result, status
+from reproduce.executors import make_executor, plan_runs, report_failures
+from reproduce.results import current_seeds, load_result
+from reproduce.run import resolve_device
 from reproduce.spec import Suite
 
 METRICS = ("error_pct", "nonzero_pct", "cr_fast", "cr_max")
 
 
+def check_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce check`: retrain the profile, print the deviation table; 1 on any miss or failed
+    run, 130 when interrupted.
+
+    Without --reuse the runs go into a fresh temporary folder (about 600 MB for `quick`), removed
+    when the check ends: passed, failed or interrupted (Ctrl-C, SIGTERM); --keep keeps it and says
+    where. A check does not resume: rerun it to start from scratch, or use --reuse to keep and
+    complete the runs in --results-dir (they resume from their last completed epoch).
+    """
+    if args.reuse:
+        return _check_in(args, suite, args.results_dir, history=())
+    root = Path(tempfile.mkdtemp(prefix=f"reproduce-check-{args.profile}-"))
+    again = f"python -m reproduce check --profile {args.profile} --reuse --results-dir {root}"
+    on_term = _sigterm_as_interrupt()
+    code = 2  # an exception on the way out
+    try:
+        code = _check_in(args, suite, root, history=(args.results_dir,))
+        return code
+    except KeyboardInterrupt:
+        code = 130
+        print("interrupted: a check does not resume; rerun it to start from scratch (or use --reuse to keep "
+              "and complete runs in --results-dir)", file=sys.stderr)
+        return code
+    finally:
+        on_term()
+        if args.keep:
+            print(f"kept the check's results in {root} (--keep); to complete them: `{again}`", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            if code:
+                print(f"removed the check's results folder {root} (--keep keeps it)", file=sys.stderr)
+
+
+def _sigterm_as_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt (so cleanup runs) until the returned function is called."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _check_in(args: argparse.Namespace, suite: Suite, root: Path, history: tuple[Path, ...]) -> int:
+    """The check with its runs under root; time estimates may also come from the runs under `history`."""
+    plan = plan_runs(suite, args.profile, root, suite.ids(), gpu=resolve_device(args.device).type == "cuda",
+                     history=history)
+    where = "" if args.reuse else " (a fresh folder, removed when the check ends; --keep keeps it)"
+    print(f"check [{args.profile}]: results in {root}{where}\n{plan.describe()}", file=sys.stderr)
+    started = time.time()
+    # one thread per run: the numbers then do not depend on --jobs or on the number of cores
+    executor = make_executor(args.executor, jobs=args.jobs, threads=1, address=args.address)
+    outcomes = executor.run(plan, args.spec, root, device=args.device, data_dir=args.data_dir,
+                            progress=not args.no_progress)
+    failures = report_failures(outcomes)
+    frame = deviations(suite, args.profile, root)
+    misses = int((~frame["ok"]).sum())
+    print(format_deviations(frame))
+    print(f"\ncheck [{args.profile}]: {len(frame) - misses}/{len(frame)} metrics within tolerance "
+          f"({time.time() - started:.0f} s)")
+    if misses:
+        print(f"\n{misses} MISSES:\n{format_deviations(frame, only_failures=True)}", file=sys.stderr)
+    return 1 if misses or failures else 0
+
+
 def measured(suite: Suite, profile: str, root: Path, exp_id: str) -> dict[str, float] | None:
     """The checked metrics of `exp_id`, mean over its seeds; None unless every seed has a current result."""
     spec = suite.resolve(exp_id, profile)
-    if any(status(root, spec, s) != "current" for s in spec.seeds):
+    if current_seeds(root, spec) != list(spec.seeds):
         return None
     runs = [load_result(root, spec, s) for s in spec.seeds]
     return {m: statistics.fmean(float(r[m]) for r in runs) for m in METRICS}

@@ -27,13 +27,17 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
 
-from reproduce.run import run_one, status
+from reproduce.results import recorded_folders, status
+from reproduce.run import run_one
 from reproduce.spec import RunSpec, Suite, load_suite
+
+if TYPE_CHECKING:
+    from reproduce.ray_executor import RayExecutor
 
 TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000}  # images in the official training split
 
@@ -103,9 +107,9 @@ def recorded_seconds(spec: RunSpec, roots: Sequence[Path], *, gpu: bool = False)
     spec's epochs and training images; None if none is recorded."""
     for root in roots:
         estimates = []
-        for path in sorted((Path(root) / spec.id / spec.profile).glob("seed*/spec.json")):
+        for _, folder in recorded_folders(Path(root), spec.id, spec.profile):
             try:
-                rec = json.loads(path.read_text())
+                rec = json.loads((folder / "spec.json").read_text())
                 wall, epochs = float(rec["wall_seconds"]), int(rec["spec"]["train"]["epochs"])
                 images, device = int(rec["n_train"]), str(rec.get("device", "cpu"))
             except (OSError, ValueError, KeyError, TypeError):  # unreadable or older records: not used
@@ -229,6 +233,18 @@ class LocalExecutor:
                 break
         bar.close()
         return outcomes
+
+
+EXECUTORS = ("local", "ray")  # the engines --executor names
+
+
+def make_executor(name: str, *, jobs: int = 1, threads: int | None = None, address: str | None = None
+                  ) -> LocalExecutor | RayExecutor:
+    """The executor `name` (one of EXECUTORS); jobs: runs side by side (local), address: Ray's cluster."""
+    if name == "ray":
+        from reproduce.ray_executor import RayExecutor  # built on this module's Task, Plan and Outcome
+        return RayExecutor(threads=threads, address=address)
+    return LocalExecutor(jobs=jobs, threads=threads)
 
 
 def announce(outcome: Outcome, done: int, total: int) -> None:

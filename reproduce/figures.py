@@ -2,11 +2,12 @@
 kept units per layer, learning curves.
 
 Each figure is written as PNG and PDF into the figures folder; a figure covers the current
-(non-stale) results of the chosen profile. The files hold no creation date (`save_figure`), so
+(non-stale) results of the chosen profile. The files hold no creation date (`save_figures`), so
 rendering unchanged results again gives byte-identical files and leaves the git tree clean.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -18,46 +19,49 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bayescomp.method import Method  # noqa: E402
-from reproduce.registry import METHODS  # noqa: E402
-from reproduce.run import result_dir, status  # noqa: E402
+from reproduce.registry import METHODS, prunes_groups  # noqa: E402
+from reproduce.results import (atomic_path, current_specs, load_result, profile_suffix, result_dir,  # noqa: E402
+                               status)
 from reproduce.spec import Suite  # noqa: E402
 from reproduce.tables import MODEL_TITLES  # noqa: E402
 
-STAT_LABEL = {"bc_gnj": "log α", "bc_ghs": "−log mode of q(z)"}
+STAT_LABEL = {"bc_gnj": "log α", "bc_ghs": "−log mode of q(z)"}  # until the method classes say it themselves
 
 
-def _current(suite: Suite, profile: str, root: Path):
-    for exp_id in suite.ids():
-        spec = suite.resolve(exp_id, profile)
-        seeds = [s for s in spec.seeds if status(root, spec, s) == "current"]
-        if seeds:
-            yield spec, seeds
+def statistic_label(method: str) -> str:
+    """The axis label of a group-pruning method's statistic: its class's `statistic_label` where it has one."""
+    return getattr(METHODS[method], "statistic_label", None) or STAT_LABEL.get(method, "group statistic")
 
 
 # no creation date (nor SOURCE_DATE_EPOCH's) in the PDF; PNG holds none, only the matplotlib version
 NO_DATE = {".pdf": {"CreationDate": None}, ".png": {}}
 
 
-def save_figure(fig, path: Path) -> None:
-    """fig as PNG or PDF (by path's suffix), byte-identical each time the same figure is drawn."""
-    fig.savefig(path, dpi=120, bbox_inches="tight", metadata=NO_DATE[path.suffix])
-
-
-def _save(fig, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+def save_figures(fig, out: Path, name: str) -> list[Path]:
+    """fig as out/<name>.png and .pdf, then closed; byte-identical each time the same figure is drawn, and
+    each file written beside and moved into place, so that an interrupted drawing leaves the old one."""
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for p in paths:
-        save_figure(fig, p)
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight", metadata=NO_DATE[path.suffix])
     plt.close(fig)
     return paths
 
 
+def figures_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce figures`: every figure of the profile's recorded results; prints each file."""
+    for path in all_figures(suite, args.profile, args.results_dir, args.figures_dir):
+        print(path)
+    return 0
+
+
 def statistic_histograms(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
-    """Per BC experiment (first recorded seed): histogram of the group statistic per layer, with the threshold."""
+    """Per group-pruning (BC) experiment, first recorded seed: histogram of the group statistic per layer,
+    with the threshold."""
     written = []
-    for spec, seeds in _current(suite, profile, root):
+    for spec, seeds in current_specs(suite, profile, root):
         d = result_dir(root, spec.id, profile, seeds[0]) / "details.json"
-        if spec.method not in STAT_LABEL or not d.exists():
+        if not prunes_groups(spec.method) or not d.exists():
             continue
         info = json.loads(d.read_text())
         stats, thr = info["statistic"], info["thresholds"]
@@ -68,25 +72,26 @@ def statistic_histograms(suite: Suite, profile: str, root: Path, out: Path) -> l
                 ax.axvline(t, color="tab:red", ls="--", label=f"threshold {t:.2f}")
                 ax.legend(fontsize=7)
             ax.set_title(f"{layer} ({len(values)} groups)", fontsize=9)
-            ax.set_xlabel(STAT_LABEL[spec.method] + " (prune ≥ threshold)", fontsize=8)
+            ax.set_xlabel(statistic_label(spec.method) + " (prune ≥ threshold)", fontsize=8)
             ax.set_yscale("log")
         fig.suptitle(f"{spec.id} [{profile}] seed {seeds[0]}: group statistics", fontsize=10, y=1.04)
-        written += _save(fig, out, f"stat_hist_{spec.id.replace('.', '_')}{'' if profile == 'paper' else '_' + profile}")
+        written += save_figures(fig, out, f"stat_hist_{spec.id.replace('.', '_')}{profile_suffix(profile)}")
     return written
 
 
 def bits_and_units(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
-    """Per BC experiment: bits per layer and kept units per layer (fraction of the dense architecture)."""
+    """Per group-pruning (BC) experiment: bits per layer and kept units per layer (fraction of the dense
+    architecture)."""
     rows = []
-    for spec, seeds in _current(suite, profile, root):
-        if spec.method not in STAT_LABEL:
+    for spec, seeds in current_specs(suite, profile, root):
+        if not prunes_groups(spec.method):
             continue
         dense = suite.resolve(f"{spec.model}.dense", profile) if f"{spec.model}.dense" in suite.experiments else None
         for s in seeds:
-            m = json.loads((result_dir(root, spec.id, profile, s) / "metrics.json").read_text())
+            m = load_result(root, spec, s)
             dense_arch = None
             if dense is not None and status(root, dense, s) == "current":
-                dense_arch = json.loads((result_dir(root, dense.id, profile, s) / "metrics.json").read_text())["architecture"]
+                dense_arch = load_result(root, dense, s)["architecture"]
             rows.append((spec, s, m, dense_arch))
     if not rows:
         return []
@@ -106,7 +111,7 @@ def bits_and_units(suite: Suite, profile: str, root: Path, out: Path) -> list[Pa
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Bayesian Compression per layer [{profile}]", fontsize=10)
-    return _save(fig, out, "bc_bits_units" + ("" if profile == "paper" else "_" + profile))
+    return save_figures(fig, out, "bc_bits_units" + profile_suffix(profile))
 
 
 CURVES = (("test_error_pct", "test error % (posterior mean, unpruned)", "log"),
@@ -119,12 +124,11 @@ def learning_curves(suite: Suite, profile: str, root: Path, out: Path) -> list[P
     example, share of weights whose group statistic is past the method's reference threshold),
     against epoch; the line is the mean over the recorded seeds, the band their range."""
     by_model: dict[str, list] = {}
-    for spec, seeds in _current(suite, profile, root):
+    for spec, seeds in current_specs(suite, profile, root):
         runs = [pd.read_csv(result_dir(root, spec.id, profile, s) / "history.csv") for s in seeds]
         if max(len(h) for h in runs) > 1:
             by_model.setdefault(spec.model, []).append((spec, seeds, runs))
     paths: list[Path] = []
-    suffix = "" if profile == "paper" else "_" + profile
     for model, rows in by_model.items():
         fig, axes = plt.subplots(len(rows), len(CURVES), figsize=(10, 1.9 * len(rows) + 0.6), squeeze=False,
                                  sharex="row")
@@ -156,7 +160,7 @@ def learning_curves(suite: Suite, profile: str, root: Path, out: Path) -> list[P
             axes[r][0].set_ylabel(f"{spec.label}\n({len(seeds)} seed{'s' * (len(seeds) > 1)})", fontsize=8)
         fig.suptitle(f"{MODEL_TITLES.get(model, model)}: convergence ({profile})", fontsize=9)
         fig.tight_layout()
-        paths += _save(fig, out, f"learning_curves_{model}{suffix}")
+        paths += save_figures(fig, out, f"learning_curves_{model}{profile_suffix(profile)}")
     return paths
 
 
@@ -177,11 +181,10 @@ def tradeoff(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
     """
     cols = ["error_pct", "cr_fast", "nonzero_pct"]
     by_model: dict[str, list] = {}
-    for spec, seeds in _current(suite, profile, root):
+    for spec, seeds in current_specs(suite, profile, root):
         if spec.method == "dense":
             continue
-        recorded = pd.DataFrame([json.loads((result_dir(root, spec.id, profile, s) / "metrics.json").read_text())
-                                 for s in seeds])
+        recorded = pd.DataFrame([load_result(root, spec, s) for s in seeds])
         sweeps = [pd.read_csv(f) for s in seeds if (f := result_dir(root, spec.id, profile, s) / "sweep.csv").exists()]
         curve = _mean_std(pd.concat(sweeps), "setting", cols) if sweeps else None
         if curve is not None and "official" in curve.index:
@@ -220,7 +223,7 @@ def tradeoff(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{MODEL_TITLES.get(model, model)} [{profile}]: accuracy vs compression "
                      "(lines: threshold sweeps; ★ paper; + published)", fontsize=10)
-        written += _save(fig, out, f"tradeoff_{model}" + ("" if profile == "paper" else "_" + profile))
+        written += save_figures(fig, out, f"tradeoff_{model}{profile_suffix(profile)}")
     return written
 
 

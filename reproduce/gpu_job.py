@@ -52,7 +52,8 @@ from bayescomp.bc import bayes_layers
 from bayescomp.data import DataError, ImageData, load_dataset
 from bayescomp.train import evaluate, fit
 from reproduce.registry import METHODS, MODELS
-from reproduce.run import _git, resolve_device, status
+from reproduce.results import atomic_path, bench_dir, git, profile_suffix, result_dir, status, work_dir, write_atomic
+from reproduce.run import resolve_device
 from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,9 +155,7 @@ class Job:
         return self.deadline - time.time()
 
     def save_record(self) -> None:
-        tmp = self.out / "plan.json.part"
-        tmp.write_text(json.dumps(self.record, indent=2, default=str) + "\n")
-        os.replace(tmp, self.out / "plan.json")
+        write_atomic(self.out / "plan.json", json.dumps(self.record, indent=2, default=str) + "\n")
 
     def close(self) -> None:
         self.record["wall_s"] = time.time() - self.started
@@ -195,7 +194,7 @@ class Job:
         dev = resolve_device(self.device)
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
         env = {"python": platform.python_version(), "torch": torch.__version__, "device": str(dev), "device_name": name,
-               "host": platform.node(), "commit": _git("rev-parse", "HEAD"), "mode": dataclasses.asdict(self.mode),
+               "host": platform.node(), "commit": git("rev-parse", "HEAD"), "mode": dataclasses.asdict(self.mode),
                "work": str(self.work)}
         self.record["environment"] = env
         self.log("  " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "mode"))
@@ -343,7 +342,7 @@ class Job:
         row: dict[str, Any] = {"status": outcome, "exit": code, "seconds": time.time() - child.started,
                                "epochs_seen": child.epochs_seen}
         if code == 0:
-            folder = self.results / child.exp_id / child.profile / f"seed{SEED}"
+            folder = result_dir(self.results, child.exp_id, child.profile, SEED)
             metrics = json.loads((folder / "metrics.json").read_text())
             row["metrics"] = {k: metrics.get(k) for k in ("error_pct", "nonzero_pct", "architecture", "bits",
                                                           "cr_fast", "cr_max")}
@@ -361,7 +360,7 @@ class Job:
         code = self.command(cmd, "table2", timeout=self.left() - END_S)
         if code == 0 and (self.work / "figures" / "table2.md").exists():
             shutil.copy(self.work / "figures" / "table2.md", self.out / "table2.md")
-            self.bench = self.results / "bench" / resolve_device(self.device).type
+            self.bench = bench_dir(self.results, resolve_device(self.device).type)
         self.record["stages"].append({"stage": "table2", "exit": code})
         self.pack()
 
@@ -370,7 +369,7 @@ class Job:
         cmd = ["table1", "--profile", profile, "--results-dir", str(self.results), "--figures-dir",
                str(self.work / "figures"), "--no-train", "--no-progress"]
         self.command(cmd, "table1", timeout=max(self.left() - 5, 5))
-        suffix = "" if profile == "paper" else f"_{profile}"
+        suffix = profile_suffix(profile)
         if (self.work / "figures" / f"table1{suffix}.md").exists():
             shutil.copy(self.work / "figures" / f"table1{suffix}.md", self.out / "table1.md")
 
@@ -420,8 +419,8 @@ class Job:
                 tar.add(p, arcname=str(p.relative_to(self.results)))
         if part.stat().st_size > MAX_RETURN_BYTES:
             self.log(f"  WARNING: results.tar.gz is {part.stat().st_size / 2**20:.1f} MiB, over what comes back")
-        shutil.copy(part, self.out / "results.tar.gz.part")
-        os.replace(self.out / "results.tar.gz.part", self.out / "results.tar.gz")
+        with atomic_path(self.out / "results.tar.gz") as tmp:
+            shutil.copy(part, tmp)
         self.record["packed"] = {"files": len(keep), "bytes": part.stat().st_size, "left_out": left_out}
         self.save_record()
         self.log(f"  results.tar.gz: {len(keep)} files, {part.stat().st_size / 1024:.0f} KiB"
@@ -435,7 +434,7 @@ class Child:
     def __init__(self, job: Job, exp_id: str, profile: str, epochs: int, stop_at: float) -> None:
         self.job, self.exp_id, self.profile, self.epochs = job, exp_id, profile, epochs
         self.started, self.killed, self.epochs_seen = time.time(), False, 0
-        self.checkpoint = job.results / ".work" / exp_id / profile / f"seed{SEED}" / "checkpoint.pt"
+        self.checkpoint = work_dir(job.results, exp_id, profile, SEED) / "checkpoint.pt"
         self.mtime = self._mtime()
         self.last = self.started
         stop = datetime.fromtimestamp(stop_at).isoformat(timespec="seconds")

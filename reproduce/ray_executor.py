@@ -24,7 +24,8 @@ from typing import Any
 from tqdm import tqdm
 
 from reproduce.executors import ExecutorUnavailable, Outcome, Plan, Task, announce
-from reproduce.run import _replace_dir, result_dir, run_one
+from reproduce.results import result_dir, staged_dir, staging_dir
+from reproduce.run import run_one
 from reproduce.spec import load_suite
 
 
@@ -114,9 +115,7 @@ class RayExecutor:
 
 def _write(root: Path, task: Task, files: dict[str, bytes]) -> None:
     """The worker's results folder under root, in one rename (never half-written)."""
-    tmp = root / f".tmp-{task.exp_id}-{task.profile}-seed{task.seed}-ray{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, blob in files.items():
-        (tmp / name).write_bytes(blob)
-    _replace_dir(tmp, result_dir(root, task.exp_id, task.profile, task.seed))
+    staging = staging_dir(root, task.exp_id, task.profile, task.seed, f"ray{os.getpid()}")
+    with staged_dir(staging, result_dir(root, task.exp_id, task.profile, task.seed)) as tmp:
+        for name, blob in files.items():
+            (tmp / name).write_bytes(blob)

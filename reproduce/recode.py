@@ -12,19 +12,28 @@ rename, so a killed recode leaves every folder whole; running it again gives the
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import argparse
 import json
+import sys
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bayescomp.metrics import artifact_metrics
 from bayescomp.models import load_model, load_plain
-from reproduce.run import LARGE_BYTES, _replace_dir, artifact
+from reproduce.results import WEIGHT_FILES, artifact, run_lock, sized_name, staged_dir
+from reproduce.spec import Suite
 
-WEIGHT_FILES = ("model.bcw", "model.large.bcw")
+
+def recode_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce recode`: every folder under --results-dir (of --profile), a row each."""
+    rows = recode(args.results_dir, args.profile)
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['folder']}: skipped, {r['skipped']}", file=sys.stderr)
+    print(format_rows(rows))
+    return 0
 
 
 def results_folders(root: Path, profile: str | None = None) -> list[Path]:
@@ -50,30 +59,24 @@ def recode_folder(folder: Path, root: Path) -> dict[str, Any]:
     model_path = artifact(folder, "model")
     if model_path is None:
         return {**row, "skipped": "no model.pt here (a model over 5 MB is model.large.pt, kept out of git)"}
-    exp_id, profile, seed = folder.parts[-3:]
-    with _try_lock(folder.parents[2] / ".work" / f"{exp_id}-{profile}-{seed}.lock") as free:
+    with run_lock(folder, wait=False) as free:
         if not free:
             return {**row, "skipped": "being trained (its run holds the lock); recode it when the run ends"}
         metrics = json.loads((folder / "metrics.json").read_text())
         name = load_plain(model_path, "restore it from git or rerun the experiment")["model"]
-        tmp = folder.with_name(f".recode-{folder.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(folder, tmp, copy_function=os.link, ignore=shutil.ignore_patterns(*WEIGHT_FILES, "metrics.json"))
-        try:
+        with staged_dir(folder.with_name(f".recode-{folder.name}-{os.getpid()}"), folder) as tmp:
+            shutil.copytree(folder, tmp, copy_function=os.link, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(*WEIGHT_FILES, "metrics.json"))
             model_args = json.loads((folder / "spec.json").read_text())["spec"].get("model_args", {})
             new = artifact_metrics(load_model(model_path), name, tmp / "model.bcw", model_args)
             recorded = metrics.get("n_weights_dense")
             dense = sum(c["dense"] for c in new["coding"])
             if recorded is not None and recorded != dense:
                 raise ValueError(f"{folder}: the dense model has {dense} weights, metrics.json records {recorded}")
-            if new["artifact_bytes"] > LARGE_BYTES:
-                (tmp / "model.bcw").rename(tmp / "model.large.bcw")
+            sized_name(tmp / "model.bcw", new["artifact_bytes"])
             old = metrics.get("cr_max")
             metrics.update(new)
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            _replace_dir(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return {**row, "cr_fast": metrics.get("cr_fast"), "old_cr_max": old, **new}
 
 
@@ -97,16 +100,3 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
-
-
-@contextlib.contextmanager
-def _try_lock(lock: Path) -> Iterator[bool]:
-    """The run's lock (reproduce.run), without waiting: yields False when another process holds it."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True

@@ -1,12 +1,14 @@
-"""Every name an experiment may use, as literal dicts: models, data sets, methods."""
+"""Every name an experiment may use, as literal dicts: models, data sets, methods; and what the harness
+reads off a registered method's class (whether it has a posterior, prunes groups, trains like another),
+so that sweeps, figures and Table 2 take a new method in without a list of ids to extend."""
 from __future__ import annotations
 
 from baselines.deep_compression import DeepCompression
 from baselines.magnitude import MagnitudePruning
 from baselines.random_pruning import RandomPruning
 from baselines.sparse_vd import SparseVD
-from bayescomp.bc import BCGroupHS, BCGroupNJ
-from bayescomp.method import Dense
+from bayescomp.bc import BCGroupHS, BCGroupNJ, VariationalMethod
+from bayescomp.method import DENSE, Dense, Method
 from bayescomp.models import lenet5_caffe, lenet300, vgg_cifar
 
 MODELS = {"lenet300": lenet300, "lenet5_caffe": lenet5_caffe, "vgg_cifar": vgg_cifar}
@@ -20,3 +22,25 @@ def get(registry: dict, name: str, what: str):
     if name not in registry:
         raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(registry)}")
     return registry[name]
+
+
+def has_posterior(method: Method) -> bool:
+    """Whether `method` trains Bayesian layers (its layer set is not the dense one): its runs keep the
+    trained posterior (posterior.pt), which `reproduce sweep` thresholds again without retraining."""
+    return method.layers() is not DENSE
+
+
+def prunes_groups(name: str) -> bool:
+    """Whether method `name` removes whole units and filters by a per-group statistic against thresholds
+    that it records in details.json (bayescomp.bc.VariationalMethod): Bayesian Compression's pruning."""
+    return issubclass(METHODS[name], VariationalMethod)
+
+
+# the Method hooks a training run calls: every public one but `compress`, which runs once at the end
+TRAINING_HOOKS = tuple(n for n, v in vars(Method).items() if callable(v) and not n.startswith("_") and n != "compress")
+
+
+def trains_like(name: str) -> tuple:
+    """What a training epoch of method `name` runs: its class's training hooks. Methods with equal values
+    train alike and cost the same (deep_compression and random train as magnitude)."""
+    return tuple(getattr(METHODS[name], hook) for hook in TRAINING_HOOKS)

@@ -1,24 +1,19 @@
 """Train, compress, measure and record one (experiment, profile, seed); resumable.
 
-Results: results/<id>/<profile>/seed<k>/{spec.json, history.csv, metrics.json, details.json,
-model.pt, model.bcw}, and posterior.pt for Bayesian runs (model.bcw: the weight file of CR max,
-bayescomp.coding). They are written into a temporary folder and moved into place in one rename,
-so a killed run never leaves a half-written results folder. Artifacts over 5 MB (a VGG model) are
-written as `*.large.pt` (`model.large.bcw`), which git ignores: the repository keeps their
-size and SHA-256 in spec.json, and a run that needs a missing one (as pretraining) regenerates it. Work in progress (the per-epoch checkpoint) lives in
-results/.work/<id>/<profile>/seed<k>/ and is dropped when the spec hash changes.
+`run_one` writes the results folder (spec.json, history.csv, metrics.json, details.json, model.pt,
+model.bcw, and posterior.pt for Bayesian runs; model.bcw: the weight file of CR max,
+bayescomp.coding) in one rename, so a killed run never leaves a half-written results folder. Where
+each file lives, the `*.large.*` names of artifacts kept out of git, the lock and the work folder
+(the per-epoch checkpoint, dropped when the spec hash changes) are decided in reproduce/results.py.
+A run that needs a missing large pretrained model regenerates it.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
+import argparse
 import json
-import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -30,64 +25,30 @@ import pandas as pd
 import torch
 
 from bayescomp.data import load_dataset
-from bayescomp.method import DENSE
 from bayescomp.metrics import summarize
 from bayescomp.models import load_model, model_record
 from bayescomp.train import fit
-from reproduce.registry import METHODS, MODELS
+from reproduce.registry import METHODS, MODELS, has_posterior
+from reproduce.results import (artifact, code_version, load_result, result_dir, run_lock, save_artifact, sized_name,
+                               staged_dir, staging_dir, status, work_dir)
 from reproduce.spec import RunSpec, Suite
 
-RESULT_FILES = ("spec.json", "history.csv", "metrics.json")  # + details.json, model.pt, posterior.pt
-LARGE_BYTES = 5_000_000  # larger artifacts are written as *.large.pt, kept out of git
+
+def run_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce run ID`: every seed of the experiment (or those of --seed), a line each."""
+    spec = suite.resolve(args.id, args.profile)
+    for seed in args.seed or list(spec.seeds):
+        m = run_one(suite, spec, seed, args.results_dir, device=args.device, data_dir=args.data_dir,
+                    progress=not args.no_progress, force=args.force,
+                    deadline=parse_deadline(args.stop_at) if args.stop_at else None)
+        print(f"{spec.id} [{spec.profile}] seed {seed}: {metrics_line(m)}")
+    return 0
 
 
-def result_dir(root: Path, exp_id: str, profile: str, seed: int) -> Path:
-    return root / exp_id / profile / f"seed{seed}"
-
-
-def status(root: Path, spec: RunSpec, seed: int) -> str:
-    """'current', 'stale' (recorded under another spec hash) or 'missing'."""
-    d = result_dir(root, spec.id, spec.profile, seed)
-    if not all((d / f).exists() for f in RESULT_FILES):
-        return "missing"
-    recorded = _read_record(d / "spec.json", spec, seed)
-    return "current" if recorded.get("spec_hash") == spec.hash else "stale"
-
-
-def artifact(folder: Path, name: str) -> Path | None:
-    """The file of artifact `name` ('model', 'posterior') in a results folder, or None if absent here."""
-    for p in (folder / f"{name}.pt", folder / f"{name}.large.pt"):
-        if p.exists():
-            return p
-    return None
-
-
-def load_result(root: Path, spec: RunSpec, seed: int) -> dict[str, Any]:
-    """metrics.json of a current result (callers check `status` first); a ValueError naming the file if
-    it is damaged or records a non-finite metric (NaN or infinity is never a result)."""
-    path = result_dir(root, spec.id, spec.profile, seed) / "metrics.json"
-    metrics = _read_record(path, spec, seed)
-    bad = [k for k, v in metrics.items() if not k.startswith("info_") and isinstance(v, float) and not math.isfinite(v)]
-    if bad:
-        raise ValueError(f"{path} records {bad[0]} = {metrics[bad[0]]}, which is not a valid result; "
-                         + _redo(spec, seed, path.parent))
-    return metrics
-
-
-def _read_record(path: Path, spec: RunSpec, seed: int) -> dict[str, Any]:
-    """A JSON file of a results folder; a ValueError naming it, and how to redo it, if it is damaged."""
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError (truncated) and UnicodeDecodeError
-        raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); {_redo(spec, seed, path.parent)}") from None
-    if not isinstance(rec, dict):
-        raise ValueError(f"{path} holds a {type(rec).__name__}, not a JSON object; {_redo(spec, seed, path.parent)}")
-    return rec
-
-
-def _redo(spec: RunSpec, seed: int, folder: Path) -> str:
-    return (f"restore the folder (git checkout -- {folder}) or delete it and rerun: "
-            f"python -m reproduce run {spec.id} --profile {spec.profile} --seed {seed}")
+def metrics_line(m: dict[str, Any]) -> str:
+    """The numbers a finished run prints: error, |w≠0|/|w|, architecture, CR fast."""
+    return (f"error {m['error_pct']:.2f} %, |w≠0|/|w| {m['nonzero_pct']:.2f} %, architecture {m['architecture']}, "
+            f"CR fast {m['cr_fast']:.1f}")
 
 
 def parse_deadline(when: str, now: float | None = None) -> float:
@@ -127,9 +88,9 @@ def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str =
     if not force and status(root, spec, seed) == "current":
         return load_result(root, spec, seed)
     dev = resolve_device(device)
-    work = root / ".work" / spec.id / spec.profile / f"seed{seed}"
+    work = work_dir(root, spec.id, spec.profile, seed)
     work.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / ".work" / f"{spec.id}-{spec.profile}-seed{seed}.lock"):
+    with run_lock(out, wait=True):  # one process per (experiment, profile, seed)
         if not force and status(root, spec, seed) == "current":  # finished by the process we waited for
             return load_result(root, spec, seed)
         if (work / "spec_hash").exists() and (work / "spec_hash").read_text() != spec.hash:
@@ -139,22 +100,10 @@ def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str =
         return _run_locked(suite, spec, seed, root, dev, work, out, device, data_dir, progress, deadline)
 
 
-@contextlib.contextmanager
-def _exclusive(lock: Path):
-    """One process per (experiment, profile, seed); the OS releases the lock when a process dies."""
-    with open(lock, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"another process is running {lock.stem}; waiting for it", file=sys.stderr)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
 def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.device, work: Path, out: Path,
                 device: str, data_dir: str | None, progress: bool, deadline: float | None) -> dict[str, Any]:
     started = time.time()
-    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
+    version = code_version()  # of the code this run started with
     data = load_dataset(spec.dataset, data_dir, val_size=spec.val_size)
     if progress:
         print(f"{spec.id} [{spec.profile}] seed {seed}: {spec.dataset} from {data.source}", file=sys.stderr)
@@ -176,36 +125,32 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
     history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / "checkpoint.pt",
                   progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset, deadline=deadline)
     compressed = method.compress(model, data.subset(spec.train_subset, spec.test_subset))  # the run's own data
-    tmp = root / f".tmp-{spec.id}-{spec.profile}-seed{seed}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    metrics, small = summarize(compressed, data, spec.model, dev, test_subset=spec.test_subset,
-                               artifact_path=tmp / "model.bcw", model_args=spec.model_args)
-    if metrics["artifact_bytes"] > LARGE_BYTES:
-        (tmp / "model.bcw").rename(tmp / "model.large.bcw")
-    record = {
-        "id": spec.id, "profile": spec.profile, "seed": seed, "spec_hash": spec.hash,
-        "spec": {**spec.hashed_content(), "train": asdict(spec.train)},
-        "git_commit": commit, "git_dirty": dirty,  # of the code this run started with
-        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
-        "threads": torch.get_num_threads(), "data_source": data.source, "n_train": len(data.subset(spec.train_subset).train_x),
-        "wall_seconds": time.time() - started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "train_seconds": sum(h["seconds"] for h in history), "segments": _segments(history),
-        "pretrain": str(result_dir(root, spec.pretrain, spec.pretrain_profile or spec.profile, seed))
-        if spec.pretrain else None,
-    }
-    artifacts = {"model": model_record(small, spec.model, [int(a) for a in metrics["architecture"].split("-")])}
-    if method.layers() is not DENSE:  # the trained posterior, for re-thresholding without retraining
-        artifacts["posterior"] = {"format": "bayescomp-posterior/1", "model": spec.model, "method": spec.method,
-                                  "method_args": spec.method_args,
-                                  "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    record["artifacts"] = {name: _save_artifact(obj, tmp, name) for name, obj in artifacts.items()}
-    (tmp / "spec.json").write_text(json.dumps(record, indent=2) + "\n")
-    pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (tmp / "details.json").write_text(json.dumps(compressed.info) + "\n")
-    _replace_dir(tmp, out)
+    with staged_dir(staging_dir(root, spec.id, spec.profile, seed, str(os.getpid())), out) as tmp:
+        metrics, small = summarize(compressed, data, spec.model, dev, test_subset=spec.test_subset,
+                                   artifact_path=tmp / "model.bcw", model_args=spec.model_args)
+        sized_name(tmp / "model.bcw", metrics["artifact_bytes"])
+        record = {
+            "id": spec.id, "profile": spec.profile, "seed": seed, "spec_hash": spec.hash,
+            "spec": {**spec.hashed_content(), "train": asdict(spec.train)},
+            **version,
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
+            "threads": torch.get_num_threads(), "data_source": data.source, "n_train": len(data.subset(spec.train_subset).train_x),
+            "wall_seconds": time.time() - started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "train_seconds": sum(h["seconds"] for h in history), "segments": _segments(history),
+            "pretrain": str(result_dir(root, spec.pretrain, spec.pretrain_profile or spec.profile, seed))
+            if spec.pretrain else None,
+        }
+        artifacts = {"model": model_record(small, spec.model, [int(a) for a in metrics["architecture"].split("-")])}
+        if has_posterior(method):  # the trained posterior, for re-thresholding without retraining
+            artifacts["posterior"] = {"format": "bayescomp-posterior/1", "model": spec.model, "method": spec.method,
+                                      "method_args": spec.method_args,
+                                      "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+        record["artifacts"] = {name: save_artifact(obj, tmp, name) for name, obj in artifacts.items()}
+        (tmp / "spec.json").write_text(json.dumps(record, indent=2) + "\n")
+        pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / "details.json").write_text(json.dumps(compressed.info) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return metrics
 
@@ -220,34 +165,6 @@ def _segments(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             out.append({**where, "epochs": [h["epoch"], h["epoch"]]})
     return out
-
-
-def _save_artifact(obj: Any, folder: Path, name: str) -> dict[str, Any]:
-    """torch.save obj as <name>.pt, or <name>.large.pt over LARGE_BYTES; its file name, size and SHA-256."""
-    path = folder / f"{name}.pt"
-    torch.save(obj, path)
-    size = path.stat().st_size
-    if size > LARGE_BYTES:
-        path = path.rename(folder / f"{name}.large.pt")
-    return {"file": path.name, "bytes": size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(new, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def env_summary() -> str:

@@ -12,31 +12,60 @@ The `setting` column names the threshold setting of a row (`setting_help` says i
   unpruned model's (spent evenly over the layers); `official`: the official example's fixed
   thresholds instead.
 - Sparse VD: `log α < t`: the weights whose log α is below t are kept, the others removed.
+Which of the two a method gets is read off its class (`swept_field`), not from a list of ids.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
-from bayescomp.data import ImageData
+from bayescomp.data import ImageData, load_dataset
 from bayescomp.metrics import summarize
+from bayescomp.method import Method
 from bayescomp.models import load_plain
 from reproduce.registry import METHODS, MODELS
-from reproduce.run import artifact, result_dir
-from reproduce.spec import RunSpec
+from reproduce.results import artifact, result_dir, status, write_atomic
+from reproduce.spec import RunSpec, Suite
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
 SVD_THRESHOLDS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)  # log α; weights at or above are removed
 OFFICIAL_THRESHOLDS = {("lenet300", "bc_gnj"): [-2.8, -3.0, -5.0]}  # official example.py, kept if log α < t
 
 
+def sweep_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce sweep ID`: sweep every current seed (or those of --seed); print and record each."""
+    spec = suite.resolve(args.id, args.profile)
+    data = load_dataset(spec.dataset, args.data_dir, val_size=spec.val_size)
+    for seed in args.seed or list(spec.seeds):
+        if status(args.results_dir, spec, seed) != "current":
+            print(f"{spec.id} seed {seed}: no current results; skipped", file=sys.stderr)
+            continue
+        out = result_dir(args.results_dir, spec.id, spec.profile, seed) / "sweep.csv"
+        existed = out.exists()
+        frame = sweep(spec, seed, args.results_dir, data, progress=not args.no_progress)
+        print(f"{spec.id} [{spec.profile}] seed {seed} ({setting_help(spec)}):")
+        print(frame.drop(columns=["thresholds"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(f"wrote {out}{' (replacing the previous one)' if existed else ''}", file=sys.stderr)
+    return 0
+
+
+def swept_field(method: str) -> str | None:
+    """The hyperparameter a sweep of method `method` varies: `val_margin_pct` where it has BC's validation
+    threshold rule, else `threshold` where it has one (a log α threshold, as Sparse VD); None: no sweep."""
+    fields = {f.name for f in dataclasses.fields(METHODS[method])}
+    if {"val_margin_pct", "threshold_rule"} <= fields:
+        return "val_margin_pct"
+    return "threshold" if "threshold" in fields else None
+
+
 def setting_help(spec: RunSpec) -> str:
     """What the `setting` column of spec's sweep means."""
-    if spec.method == "sparse_vd":
+    if swept_field(spec.method) == "threshold":
         return "setting = the log α threshold: weights with log α below it are kept, the others removed ([MAV17]: 3)"
     text = ("setting = validation margin in percentage points: per layer, the most groups are removed while "
             "the validation error stays within it of the unpruned model's (val_margin_pct)")
@@ -59,19 +88,8 @@ def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[
     base = METHODS[spec.method](**spec.method_args)
     model = MODELS[spec.model](layers=base.layers(), mean=data.mean, std=data.std, **spec.model_args)
     model.load_state_dict(state)
-    settings: list[tuple[str, Any]]
-    if spec.method == "sparse_vd":
-        settings = [(f"log α < {t:g}", dataclasses.replace(base, threshold=t)) for t in SVD_THRESHOLDS]
-    elif spec.method in ("bc_gnj", "bc_ghs"):
-        settings = [(f"{m:g}", dataclasses.replace(base, val_margin_pct=m, threshold_rule="validation"))
-                    for m in margins]
-    else:
-        raise ValueError(f"sweep: {spec.id} has no posterior threshold to sweep (BC and Sparse VD do)")
-    if (spec.model, spec.method) in OFFICIAL_THRESHOLDS:
-        settings.append(("official", dataclasses.replace(base, threshold_rule="fixed",
-                                                         thresholds=OFFICIAL_THRESHOLDS[(spec.model, spec.method)])))
     rows = []
-    for label, method in tqdm(settings, desc=f"{spec.id} seed {seed}: settings", unit="setting",
+    for label, method in tqdm(sweep_settings(spec, base, margins), desc=f"{spec.id} seed {seed}: settings", unit="setting",
                               disable=not progress):
         c = method.compress(model.eval(), data)
         metrics, _ = summarize(c, data, spec.model, test_subset=spec.test_subset, model_args=spec.model_args)
@@ -80,5 +98,23 @@ def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[
                      "bits": metrics["bits"], "cr_fast": metrics["cr_fast"], "cr_max": metrics["cr_max"],
                      "val_error_pruned_pct": c.info.get("val_error_pruned_pct")})
     frame = pd.DataFrame(rows)
-    frame.to_csv(folder / "sweep.csv", index=False)
+    write_atomic(folder / "sweep.csv", frame.to_csv(index=False))
     return frame
+
+
+def sweep_settings(spec: RunSpec, base: Method, margins: tuple[float, ...] = MARGINS) -> list[tuple[str, Method]]:
+    """(setting label, the method with that setting) for each point of spec's sweep, `base` its own method;
+    a ValueError if the method has nothing to sweep (`swept_field`)."""
+    field = swept_field(spec.method)
+    settings: list[tuple[str, Method]]
+    if field == "threshold":
+        settings = [(f"log α < {t:g}", dataclasses.replace(base, threshold=t)) for t in SVD_THRESHOLDS]
+    elif field == "val_margin_pct":
+        settings = [(f"{m:g}", dataclasses.replace(base, val_margin_pct=m, threshold_rule="validation"))
+                    for m in margins]
+    else:
+        raise ValueError(f"sweep: {spec.id} has no posterior threshold to sweep (BC and Sparse VD do)")
+    if (spec.model, spec.method) in OFFICIAL_THRESHOLDS:
+        settings.append(("official", dataclasses.replace(base, threshold_rule="fixed",
+                                                         thresholds=OFFICIAL_THRESHOLDS[(spec.model, spec.method)])))
+    return settings

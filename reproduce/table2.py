@@ -4,10 +4,13 @@
 of each experiment) on this machine and writes results/bench/<device>/{inference.csv,
 training.csv, meta.json}, then renders figures/table2.md and figures/table2_speedup.{png,pdf}.
 Everything but the times is deterministic: the models, inputs (seeded) and FLOP counts.
+How each is timed: reproduce/bench_inference.py (forward passes), reproduce/bench_train.py (training).
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import platform
 import time
 from pathlib import Path
@@ -21,17 +24,68 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bayescomp.data import load_dataset  # noqa: E402
+from bayescomp.method import Dense  # noqa: E402
 from bayescomp.models import load_model  # noqa: E402
-from reproduce.bench import inference_bench, peak_training_memory, train_cost  # noqa: E402
-from reproduce.figures import save_figure  # noqa: E402
-from reproduce.registry import DATASETS  # noqa: E402
-from reproduce.run import _git, artifact, result_dir, status  # noqa: E402
+from reproduce.bench_inference import inference_bench, op_profile  # noqa: E402
+from reproduce.bench_train import peak_training_memory, train_cost  # noqa: E402
+from reproduce.figures import save_figures  # noqa: E402
+from reproduce.registry import DATASETS, METHODS, has_posterior, prunes_groups, trains_like  # noqa: E402
+from reproduce.results import (artifact, bench_dir, bench_dirs, code_version, current_specs, provenance,  # noqa: E402
+                               result_dir, write_atomic)
+from reproduce.run import resolve_device  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
-from reproduce.tables import MODEL_TITLES  # noqa: E402
+from reproduce.tables import MODEL_TITLES, embed, generated_doc  # noqa: E402
 
-TRAIN_METHODS = ("dense", "bc_gnj", "bc_ghs", "sparse_vd", "magnitude")  # DC and random train as magnitude
 TRAIN_SUBSET = {"lenet300": None, "lenet5_caffe": 5_000, "vgg_cifar": 2_560}  # images per timed epoch
 CPU_TRAIN_MODELS = ("lenet300", "lenet5_caffe")  # VGG's training cost is measured on a GPU only
+
+
+def table2_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce table2`: time the recorded models (unless --no-measure) and render Table 2 and
+    its block of REPRODUCING.md; with --op-profile MODEL, only the time per operator of that model's."""
+    if args.op_profile:
+        return _op_profile_command(args, suite)
+    if not args.no_measure:
+        resolve_device(args.device)
+        folder = measure(suite, args.profile, args.results_dir, args.device, args.data_dir,
+                         tuple(int(t) for t in args.threads.split(",")), progress=not args.no_progress)
+        print(summary(measured_rows(args.results_dir, folder.name), structured_labels(suite, args.profile)),
+              file=sys.stderr)
+    text = render(args.results_dir, args.figures_dir)
+    print(text, end="")
+    if embed(generated_doc(args.figures_dir), "table2", text.split("\n", 2)[2]):
+        print("(updated the table2 block of REPRODUCING.md)", file=sys.stderr)
+    return 0
+
+
+def _op_profile_command(args: argparse.Namespace, suite: Suite) -> int:
+    models, _ = recorded_models(suite, args.profile, args.results_dir)
+    if args.op_profile not in models:
+        raise ValueError(f"--op-profile {args.op_profile}: no recorded models; with models: {', '.join(models)}")
+    shape = DATASETS[suite.resolve(f"{args.op_profile}.dense", args.profile).dataset]
+    frame = op_profile(models[args.op_profile], shape)
+    out = bench_dir(args.results_dir, "cpu") / f"op_profile_{args.op_profile}.csv"
+    write_atomic(out, frame.to_csv(index_label="operator"))
+    print(f"self CPU ms per forward pass, batch 1024, 1 thread ({args.op_profile}, inference form; {out}):")
+    print(frame.to_string(float_format=lambda v: f"{v:.2f}"))
+    return 0
+
+
+def train_methods() -> list[str]:
+    """The methods whose training Table 2 times: the first registered of each way of training
+    (registry.trains_like: deep_compression and random train as magnitude), the dense reference first,
+    then those with a posterior, then the others."""
+    first: dict[tuple, str] = {}
+    for name in METHODS:
+        first.setdefault(trains_like(name), name)
+    return sorted(first.values(), key=lambda n: (n != Dense.name, not has_posterior(METHODS[n]())))
+
+
+def structured_labels(suite: Suite, profile: str) -> set[str]:
+    """The row labels of Table 1's group-pruning (BC) experiments: their structured models are what
+    `summary` reports on."""
+    specs = [suite.resolve(exp_id, profile) for exp_id in suite.ids("table1")]
+    return {spec.label for spec in specs if prunes_groups(spec.method)}
 
 
 def recorded_models(suite: Suite, profile: str, root: Path) -> tuple[dict[str, dict[str, nn.Module]], list[str]]:
@@ -39,14 +93,13 @@ def recorded_models(suite: Suite, profile: str, root: Path) -> tuple[dict[str, d
     model file here; and the results used (for provenance)."""
     models: dict[str, dict[str, nn.Module]] = {}
     used = []
-    for exp_id in suite.ids("table1"):
-        spec = suite.resolve(exp_id, profile)
-        for s in spec.seeds:
-            f = artifact(result_dir(root, exp_id, profile, s), "model")
-            if status(root, spec, s) == "current" and f is not None:
+    for spec, seeds in current_specs(suite, profile, root, suite.ids("table1")):
+        for s in seeds:
+            f = artifact(result_dir(root, spec.id, profile, s), "model")
+            if f is not None:
                 label = "dense" if spec.method == "dense" else spec.label
                 models.setdefault(spec.model, {})[label] = load_model(f)
-                used.append(f"{exp_id} seed {s}")
+                used.append(f"{spec.id} seed {s}")
                 break
     return {m: v for m, v in models.items() if "dense" in v}, used
 
@@ -67,23 +120,22 @@ def measure(suite: Suite, profile: str, root: Path, device: str, data_dir: str |
         if dev.type == "cpu" and model_name not in CPU_TRAIN_MODELS:
             continue
         data = load_dataset(suite.resolve(f"{model_name}.dense", profile).dataset, data_dir)
-        costs = train_cost(data, model_name, list(TRAIN_METHODS), repeats=2, train_subset=TRAIN_SUBSET[model_name],
+        costs = train_cost(data, model_name, train_methods(), repeats=2, train_subset=TRAIN_SUBSET[model_name],
                            device=device)
         for row in costs:
             row["peak_mb"] = peak_training_memory(model_name, row["method"], data, device=device)
             row["train_images"] = TRAIN_SUBSET[model_name] or len(data.train_x)
         train_rows += costs
-    out = root / "bench" / dev.type
-    out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out / "inference.csv", index=False)
-    pd.DataFrame(train_rows).to_csv(out / "training.csv", index=False)
+    out = bench_dir(root, dev.type)
+    write_atomic(out / "inference.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_atomic(out / "training.csv", pd.DataFrame(train_rows).to_csv(index=False))
     meta = {"device": dev.type, "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
             else (platform.processor() or platform.machine()), "cpu_count": torch.get_num_threads(),
             "threads": list(threads), "torch": torch.__version__, "python": platform.python_version(),
-            "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            **code_version(),
             "models": used, "profile": profile,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": time.time() - started}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     return out
 
 
@@ -96,14 +148,14 @@ def render(root: Path, out_dir: Path) -> str:
              "its Linear layers stored as torch.sparse CSR (conv layers stay dense). Medians; the CSV beside "
              "the results holds the interquartile ranges. Generated by `python -m reproduce table2`; do not edit.", ""]
     frames = []
-    for folder in sorted((root / "bench").glob("*/")):
+    for folder in bench_dirs(root):
         if not (folder / "inference.csv").exists():
             continue
         meta = json.loads((folder / "meta.json").read_text())
         inf = pd.read_csv(folder / "inference.csv")
         frames.append(inf)
         parts += [f"## {meta['device'].upper()}: {meta['device_name']}", "",
-                  f"torch {meta['torch']}, commit {str(meta['git_commit'])[:10]}{' (dirty)' if meta.get('git_dirty') else ''}, "
+                  f"torch {meta['torch']}, {provenance(meta)}, "
                   f"{meta['finished'][:10]}, {meta['wall_seconds'] / 60:.1f} min, "
                   f"models: {', '.join(meta['models'])}", ""]
         for model_name, g in inf.groupby("model", sort=False):
@@ -124,8 +176,7 @@ def render(root: Path, out_dir: Path) -> str:
                       "(CPU: rise of the peak resident set in a fresh process; GPU: max allocated).", "",
                       tr.to_markdown(index=False, floatfmt=".2f"), ""]
     text = "\n".join(parts) + "\n"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "table2.md").write_text(text)
+    write_atomic(out_dir / "table2.md", text)
     if frames:
         _figure(pd.concat(frames), out_dir)
     return text
@@ -157,18 +208,17 @@ def _figure(inf: pd.DataFrame, out_dir: Path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     fig.suptitle("Compressed LeNets and VGG: measured speed-up vs FLOP-ratio bound", fontsize=10)
-    for ext in ("png", "pdf"):
-        save_figure(fig, out_dir / f"table2_speedup.{ext}")  # no creation date: unchanged data, unchanged file
-    plt.close(fig)
+    save_figures(fig, out_dir, "table2_speedup")  # no creation date: unchanged data, unchanged file
 
 
-def summary(rows: pd.DataFrame) -> str:
-    """Acceptance line: share of the bound the structured BC models reach at the largest CPU batch."""
-    bc = rows[(rows["variant"] == "structured") & rows["method"].str.startswith("BC") & (rows["device"] == "cpu")]
+def summary(rows: pd.DataFrame, labels: set[str]) -> str:
+    """Acceptance line: share of the bound the structured BC models (rows of `labels`, structured_labels)
+    reach at the largest CPU batch."""
+    bc = rows[(rows["variant"] == "structured") & rows["method"].isin(labels) & (rows["device"] == "cpu")]
     bc = bc[bc["batch"] == bc.groupby("model")["batch"].transform("max")]
     return "\n".join(f"{r.model} {r.method} {int(r.threads)} thread(s), batch {r.batch}: speed-up {r.speedup:.2f}x "
                      f"of bound {r.flop_ratio:.2f}x = {r.of_bound_pct:.0f} %" for r in bc.itertuples())
 
 
 def measured_rows(root: Path, device: str) -> pd.DataFrame:
-    return pd.read_csv(root / "bench" / device / "inference.csv")
+    return pd.read_csv(bench_dir(root, device) / "inference.csv")

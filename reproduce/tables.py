@@ -6,13 +6,19 @@ never mixed in. "within" means not worse than the paper's value by more than the
 """
 from __future__ import annotations
 
-import json
+import argparse
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reproduce.run import load_result, result_dir, status
+import pandas as pd
+
+from reproduce.executors import make_executor, plan_runs, report_failures
+from reproduce.results import (current_specs, load_record, load_result, profile_suffix, provenance, result_dir,
+                               status, write_atomic)
+from reproduce.run import resolve_device
 from reproduce.spec import RunSpec, Suite
 
 MODEL_TITLES = {"lenet300": "LeNet-300-100 (MNIST)", "lenet5_caffe": "LeNet-5-Caffe (MNIST)",
@@ -22,6 +28,32 @@ COLUMNS: tuple[tuple[str, str, str | None, int], ...] = (
     ("nonzero_pct", "\\|w≠0\\|/\\|w\\| %", "lower", 2), ("architecture", "Pruned architecture", None, 0),
     ("bits", "Bits per layer", None, 0), ("cr_fast", "CR fast", "higher", 1), ("cr_max", "CR max", "higher", 1),
     ("error_pct", "Error %", "lower", 2))
+
+
+def table1_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce table1`: train the missing rows (unless --no-train), render Table 1 and the sweeps,
+    and for `paper` the generated blocks of REPRODUCING.md beside the figures folder; 1 if a run failed."""
+    gpu = resolve_device(args.device).type == "cuda"
+    plan = plan_runs(suite, args.profile, args.results_dir, suite.ids("table1"), gpu=gpu)
+    if args.dry_run or (plan.tasks and not args.no_train):
+        print(plan.describe(), file=sys.stderr)
+    if args.dry_run:
+        return 0
+    if plan.tasks and not args.no_train:
+        executor = make_executor(args.executor, jobs=args.jobs, address=args.address)
+        outcomes = executor.run(plan, args.spec, args.results_dir, device=args.device, data_dir=args.data_dir,
+                                progress=not args.no_progress)
+        if report_failures(outcomes):
+            return 1
+    table = render_table1(suite, args.profile, args.results_dir, args.figures_dir, plan.needs_gpu)
+    print(table, end="")
+    sweeps = render_sweeps(suite, args.profile, args.results_dir, args.figures_dir)
+    doc = generated_doc(args.figures_dir)
+    if args.profile == "paper" and embed(doc, "table1", table.split("\n", 2)[2]):
+        embed(doc, "sweeps", sweeps)
+        embed(doc, "walltimes", render_wall_times(suite, args.profile, args.results_dir))
+        print("(updated the generated blocks of REPRODUCING.md)", file=sys.stderr)
+    return 0
 
 
 @dataclass
@@ -119,22 +151,18 @@ def render_table1(suite: Suite, profile: str, root: Path, out_dir: Path,
             lines += ["| " + " | ".join([title, pub["label"], "—"] + _published_cells(pub)) + " |"
                       for pub in suite.published if pub["model"] == r.spec.model]
         for s in r.seeds:
-            rec = json.loads((result_dir(root, r.spec.id, profile, s) / "spec.json").read_text())
-            notes.append(f"- `{r.spec.id}` seed {s}: spec {rec['spec_hash']}, commit {str(rec['git_commit'])[:10]}"
-                         f"{' (dirty)' if rec.get('git_dirty') else ''}, torch {rec['torch']}, {rec['device']}, "
-                         f"{rec['wall_seconds'] / 60:.1f} min")
+            rec = load_record(root, r.spec, s)
+            notes.append(f"- `{r.spec.id}` seed {s}: spec {rec['spec_hash']}, {provenance(rec)}, torch {rec['torch']}, "
+                         f"{rec['device']}, {rec['wall_seconds'] / 60:.1f} min")
     lines += ["", "## Provenance", ""] + (notes or ["(no recorded results)"])
     lines += [f"- {pub['label']} ({pub['model']}): {pub['source']}" for pub in suite.published]
     text = "\n".join(lines) + "\n"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if profile == "paper" else f"_{profile}"
-    (out_dir / f"table1{suffix}.md").write_text(text)
-    import pandas as pd
-
+    suffix = profile_suffix(profile)
+    write_atomic(out_dir / f"table1{suffix}.md", text)
     records = [_record(r) for r in rows] + [{"id": None, "model": p["model"], "method": p["label"],
                                              **{f"{k}_paper": p.get(k) for k, *_ in COLUMNS}} for p in suite.published]
-    pd.DataFrame(records).to_csv(out_dir / f"table1{suffix}.csv", index=False)
-    (out_dir / f"table1{suffix}.tex").write_text(_latex(rows, suite.published))
+    write_atomic(out_dir / f"table1{suffix}.csv", pd.DataFrame(records).to_csv(index=False))
+    write_atomic(out_dir / f"table1{suffix}.tex", _latex(rows, suite.published))
     return text
 
 
@@ -177,34 +205,32 @@ def _latex(rows: list[Row], published: list[dict[str, Any]]) -> str:
 def render_wall_times(suite: Suite, profile: str, root: Path) -> str:
     """Recorded wall time per experiment (mean over its current seeds) and where it ran, as markdown."""
     rows = []
-    for exp_id in suite.ids():
-        spec = suite.resolve(exp_id, profile)
-        recs = [json.loads((result_dir(root, exp_id, profile, s) / "spec.json").read_text())
-                for s in spec.seeds if status(root, spec, s) == "current"]
-        if recs:
-            where = sorted({f"{r['device']}, {r.get('threads', '?')} threads, {r.get('device_name') or '?'}" for r in recs})
-            rows.append(f"| `{exp_id}` | {len(recs)} | {statistics.fmean(r['wall_seconds'] for r in recs) / 60:.1f} | "
-                        f"{'; '.join(where)} |")
+    for spec, seeds in current_specs(suite, profile, root):
+        recs = [load_record(root, spec, s) for s in seeds]
+        where = sorted({f"{r['device']}, {r.get('threads', '?')} threads, {r.get('device_name') or '?'}" for r in recs})
+        rows.append(f"| `{spec.id}` | {len(recs)} | {statistics.fmean(r['wall_seconds'] for r in recs) / 60:.1f} | "
+                    f"{'; '.join(where)} |")
     head = ["| Experiment | Seeds | Minutes per seed (incl. compression) | Where |", "|---|---|---|---|"]
     return "\n".join(head + rows) + "\n" if rows else "(no recorded results)\n"
 
 
 def render_sweeps(suite: Suite, profile: str, root: Path, out_dir: Path) -> str:
     """Every recorded sweep.csv (reproduce sweep) as markdown tables -> figures/sweeps.md."""
-    import pandas as pd
-
     parts = []
-    for exp_id in suite.ids():
-        spec = suite.resolve(exp_id, profile)
-        for s in spec.seeds:
-            f = result_dir(root, exp_id, profile, s) / "sweep.csv"
-            if status(root, spec, s) == "current" and f.exists():
+    for spec, seeds in current_specs(suite, profile, root):
+        for s in seeds:
+            f = result_dir(root, spec.id, profile, s) / "sweep.csv"
+            if f.exists():
                 frame = pd.read_csv(f).drop(columns=["thresholds"])
-                parts.append(f"### `{exp_id}` seed {s} (`{f}`)\n\n" + frame.to_markdown(index=False, floatfmt=".2f"))
+                parts.append(f"### `{spec.id}` seed {s} (`{f}`)\n\n" + frame.to_markdown(index=False, floatfmt=".2f"))
     text = "\n\n".join(parts) + "\n" if parts else "(no sweeps recorded)\n"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"sweeps{'' if profile == 'paper' else '_' + profile}.md").write_text(text)
+    write_atomic(out_dir / f"sweeps{profile_suffix(profile)}.md", text)
     return text
+
+
+def generated_doc(figures_dir: Path) -> Path:
+    """The document whose generated blocks `embed` rewrites: the repository's REPRODUCING.md, beside figures/."""
+    return figures_dir.parent / "REPRODUCING.md"
 
 
 def embed(doc: Path, block: str, body: str) -> bool:
@@ -217,5 +243,5 @@ def embed(doc: Path, block: str, body: str) -> bool:
     if begin not in text or end not in text:
         return False
     head, rest = text.split(begin, 1)
-    doc.write_text(head + begin + "\n" + body + end + rest.split(end, 1)[1])
+    write_atomic(doc, head + begin + "\n" + body + end + rest.split(end, 1)[1])
     return True

@@ -10,6 +10,7 @@ table metrics under the experiment's own threshold rule. Trials never enter Tabl
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -19,8 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bayescomp.models import load_plain  # noqa: E402
-from reproduce.figures import save_figure  # noqa: E402
-from reproduce.run import load_result, result_dir, status  # noqa: E402
+from reproduce.figures import save_figures  # noqa: E402
+from reproduce.results import load_result, result_dir, status, work_dir, write_atomic  # noqa: E402
+from reproduce.run import metrics_line, parse_deadline, run_one  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
 
 CURVES = (("val_error_pct", "validation error % (unpruned)"), ("penalty_per_n", "KL per example (nats)"),
@@ -28,12 +30,37 @@ CURVES = (("val_error_pct", "validation error % (unpruned)"), ("penalty_per_n", 
 AT_EPOCHS = (5, 10, 25, 50, 100, 200)
 
 
+def trial_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce trial NAME...`: run the trials (every name checked first), then compare each
+    of their experiments' trials."""
+    deadline = parse_deadline(args.stop_at) if args.stop_at else None
+    specs = [suite.resolve_trial(n) for n in args.names]  # all names checked before training
+    for name, spec in zip(args.names, specs):
+        for seed in spec.seeds:
+            m = run_one(suite, spec, seed, args.results_dir, device=args.device, data_dir=args.data_dir,
+                        progress=not args.no_progress, deadline=deadline)
+            print(f"trial {name} seed {seed}: {metrics_line(m)}")
+    for exp_id in dict.fromkeys(s.id for s in specs):
+        print(render(suite, exp_id, args.results_dir, args.figures_dir))
+    return 0
+
+
+def trials_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce trials [EXPERIMENT]`: list the trials, or compare an experiment's."""
+    if args.experiment is None:
+        for name, t in suite.trials.items():
+            print(f"{name:<28} {t['experiment']:<24} {t.get('description', '')}")
+    else:
+        print(render(suite, args.experiment, args.results_dir, args.figures_dir))
+    return 0
+
+
 def trial_history(suite: Suite, name: str, root: Path, seed: int) -> tuple[pd.DataFrame | None, str]:
     """(history, state): a finished trial's history.csv, or the epochs of its resume point so far."""
     spec = suite.resolve_trial(name)
     if status(root, spec, seed) == "current":
         return pd.read_csv(result_dir(root, spec.id, spec.profile, seed) / "history.csv"), "finished"
-    ckpt = root / ".work" / spec.id / spec.profile / f"seed{seed}" / "checkpoint.pt"
+    ckpt = work_dir(root, spec.id, spec.profile, seed) / "checkpoint.pt"
     if ckpt.exists():
         state = load_plain(ckpt, f"delete it to restart the trial: rm {ckpt}")
         return pd.DataFrame(state["history"]), f"in progress ({state['epoch']}/{spec.train.epochs} epochs)"
@@ -70,10 +97,9 @@ def compare(suite: Suite, experiment: str, root: Path, seed: int = 0) -> tuple[p
 def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int = 0) -> str:
     """figures/trials_<experiment>.{md,png,pdf}; returns the markdown."""
     frame, histories = compare(suite, experiment, root, seed)
-    figures.mkdir(parents=True, exist_ok=True)
     text = (f"# Recipe trials of {experiment} (seed {seed})\n\n"
             + frame.to_markdown(index=False, floatfmt=".2f") + "\n")
-    (figures / f"trials_{experiment}.md").write_text(text)
+    write_atomic(figures / f"trials_{experiment}.md", text)
     if histories:
         fig, axes = plt.subplots(1, len(CURVES), figsize=(12, 3.4))
         for i, (name, h) in enumerate(histories.items()):
@@ -88,7 +114,5 @@ def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int =
         axes[0].legend(fontsize=7)
         fig.suptitle(f"recipe trials: {experiment}, seed {seed}", fontsize=9)
         fig.tight_layout()
-        for suffix in (".png", ".pdf"):
-            save_figure(fig, figures / f"trials_{experiment}{suffix}")
-        plt.close(fig)
+        save_figures(fig, figures, f"trials_{experiment}")
     return text

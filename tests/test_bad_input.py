@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reproduce.__main__ import main
-from reproduce.run import result_dir
+from reproduce.results import result_dir
 from reproduce.spec import load_suite
 from tests.test_reproduce import BC, TINY
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from reproduce.bench import step_breakdown, train_cost
+from reproduce.bench_train import step_breakdown, train_cost
 
 
 def test_step_breakdown_reports_every_phase():
@@ -19,7 +19,7 @@ def test_inference_form_folds_the_normalisation_exactly_where_it_can():
     import torch
 
     from bayescomp.models import Normalize, lenet5_caffe, lenet300, vgg_cifar
-    from reproduce.bench import inference_form
+    from reproduce.bench_inference import inference_form
 
     for build, shape, folded in ((lenet300, (1, 28, 28), True), (lenet5_caffe, (1, 28, 28), True),
                                  (vgg_cifar, (3, 32, 32), False)):  # VGG's first conv pads: not exact, kept
@@ -35,7 +35,7 @@ def test_sparse_variant_computes_the_same_and_counts_only_nonzero_linear_macs():
     import torch
 
     from bayescomp.models import lenet300
-    from reproduce.bench import sparse_variant, weight_macs
+    from reproduce.bench_inference import sparse_variant, weight_macs
 
     model = lenet300().eval()
     with torch.no_grad():
@@ -56,7 +56,7 @@ def test_table2_times_recorded_models_and_renders(tmp_path, data_dir, monkeypatc
     from tests.test_reproduce import BC, TINY
 
     monkeypatch.setattr(reproduce.table2, "TRAIN_SUBSET", {"lenet300": 256})
-    monkeypatch.setattr(reproduce.table2, "TRAIN_METHODS", ("dense", "bc_ghs"))
+    monkeypatch.setattr(reproduce.table2, "train_methods", lambda: ["dense", "bc_ghs"])
     spec = tmp_path / "e.toml"
     spec.write_text(TINY + BC)
     args = ["--spec", str(spec), "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f"),

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from reproduce import table2
-from reproduce.figures import _save
+from reproduce.figures import save_figures
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def test_a_figure_saved_twice_is_byte_identical(tmp_path, monkeypatch):
         fig, ax = plt.subplots()
         ax.plot([1, 2, 3], [3, 1, 2], label="α")
         ax.legend()
-        _save(fig, out, "curve")
+        save_figures(fig, out, "curve")
 
     assert _same_files(*_draw_twice(tmp_path, monkeypatch, draw)) == ["curve.pdf", "curve.png"]
 

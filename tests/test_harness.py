@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import reproduce.executors
-import reproduce.run
+import reproduce.results
 from reproduce.__main__ import main
 from reproduce.executors import LocalExecutor
 from tests.test_reproduce import BC, TINY
@@ -105,7 +105,7 @@ def test_calibrate_records_then_a_changed_expected_value_fails_with_a_deviation_
 
 
 def test_large_model_stays_out_of_git_and_is_regenerated_when_needed(tmp_path, data_dir, monkeypatch, capsys):
-    monkeypatch.setattr(reproduce.run, "LARGE_BYTES", 1000)  # every artifact counts as large
+    monkeypatch.setattr(reproduce.results, "LARGE_BYTES", 1000)  # every artifact counts as large
     spec = tmp_path / "e.toml"
     spec.write_text(TINY + BC)
     args = _args(spec, tmp_path) + ["--profile", "quick", "--data-dir", str(data_dir), "--no-progress"]

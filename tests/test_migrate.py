@@ -8,7 +8,7 @@ import torch
 
 from reproduce.__main__ import main
 from reproduce.migrate import migrate
-from reproduce.run import result_dir, status
+from reproduce.results import result_dir, status
 from reproduce.spec import content_hash, load_suite
 from tests.test_reproduce import BC, TINY
 

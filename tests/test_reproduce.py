@@ -175,6 +175,93 @@ def test_readme_baseline_example_is_the_shipped_code_and_runs_as_printed(tmp_pat
     assert 0 < metrics["nonzero_pct"] < 100
 
 
+NEW_METHOD = '''
+[[experiment]]
+id = "lenet300.{name}"
+label = "{label}"
+table = "table1"
+model = "lenet300"
+dataset = "mnist"
+method = "{name}"
+epochs = 1
+batch_size = 64
+val_size = 1000
+'''
+
+
+def test_a_newly_registered_method_shows_up_in_sweeps_figures_and_table2(tmp_path, data_dir, monkeypatch):
+    """README, "Adding a baseline": after the registry line, sweeps, figures and Table 2 take a method in
+    where it applies, read off its class (a posterior, BC's group statistic, how it trains), never a list of ids."""
+    import dataclasses
+    from typing import ClassVar
+
+    from baselines.magnitude import MagnitudePruning
+    from baselines.sparse_vd import SparseVD
+    from bayescomp.bc import BCGroupNJ
+    from reproduce import registry, sweep, table2
+    from reproduce.spec import load_suite
+
+    @dataclasses.dataclass
+    class GroupPrior(BCGroupNJ):  # another group prior: Bayesian, prunes groups
+        name: ClassVar[str] = "group_prior"
+
+        def layers(self):
+            return super().layers()
+
+    @dataclasses.dataclass
+    class PerWeight(SparseVD):  # Bayesian, a log α threshold per weight
+        name: ClassVar[str] = "per_weight"
+
+        def penalty(self, model):
+            return super().penalty(model)
+
+    @dataclasses.dataclass
+    class Scheduled(MagnitudePruning):  # masks, with its own pruning schedule
+        name: ClassVar[str] = "scheduled"
+
+        def on_epoch_end(self, model, epoch):
+            super().on_epoch_end(model, epoch)
+
+    @dataclasses.dataclass
+    class Recoded(MagnitudePruning):  # trains as magnitude, stores its weights otherwise
+        name: ClassVar[str] = "recoded"
+
+        def compress(self, model, data=None):
+            return super().compress(model, data)
+
+    new = {GroupPrior: "Group prior", PerWeight: "Per weight", Scheduled: "Scheduled", Recoded: "Recoded"}
+    for cls in new:
+        monkeypatch.setitem(registry.METHODS, cls.name, cls)
+    spec = tmp_path / "e.toml"
+    spec.write_text(TINY + "".join(NEW_METHOD.format(name=c.name, label=label) for c, label in new.items()))
+    results, figures = tmp_path / "results", tmp_path / "fig"
+    common = ["--profile", "quick", "--spec", str(spec), "--results-dir", str(results), "--figures-dir", str(figures)]
+    assert main(["table1", *common, "--data-dir", str(data_dir), "--no-progress"]) == 0
+    # sweeps: the Bayesian ones, each with its own kind of setting
+    assert (sweep.swept_field("group_prior"), sweep.swept_field("per_weight")) == ("val_margin_pct", "threshold")
+    assert sweep.swept_field("scheduled") is None and sweep.swept_field("recoded") is None
+    for name in ("group_prior", "per_weight"):
+        assert main(["sweep", f"lenet300.{name}", *common, "--data-dir", str(data_dir), "--no-progress"]) == 0
+    assert main(["sweep", "lenet300.scheduled", *common, "--data-dir", str(data_dir), "--no-progress"]) == 2
+    assert main(["table1", "--no-train", *common]) == 0
+    swept = (figures / "sweeps_quick.md").read_text()
+    assert "`lenet300.group_prior` seed 0" in swept and "`lenet300.per_weight` seed 0" in swept
+    assert "log α < 3" in swept and "| scheduled" not in swept
+    # figures: the group statistic of the group prior, every method in the trade-off
+    assert main(["figures", *common]) == 0
+    assert (figures / "stat_hist_lenet300_group_prior_quick.png").exists()
+    assert not (figures / "stat_hist_lenet300_per_weight_quick.png").exists()  # no group statistic
+    assert (figures / "bc_bits_units_quick.png").exists() and (figures / "tradeoff_lenet300_quick.png").exists()
+    # Table 2: every recorded model is timed; training rows, one per way of training, posteriors first
+    suite = load_suite(spec)
+    models, _ = table2.recorded_models(suite, "quick", results)
+    assert set(models["lenet300"]) == {"dense", *new.values()}
+    trained = table2.train_methods()
+    assert {"group_prior", "per_weight", "scheduled"} <= set(trained) and "recoded" not in trained
+    assert trained[0] == "dense" and trained.index("per_weight") < trained.index("magnitude") < trained.index("scheduled")
+    assert table2.structured_labels(suite, "quick") == {"Group prior"}
+
+
 def test_readme_load_model_example_scores_the_recorded_model_as_printed(data_dir, monkeypatch, capsys):
     import re
 

@@ -9,7 +9,8 @@ import pytest
 
 from bayescomp.train import TrainingPaused
 from reproduce.__main__ import main
-from reproduce.run import parse_deadline, result_dir, run_one
+from reproduce.results import result_dir
+from reproduce.run import parse_deadline, run_one
 from reproduce.spec import load_suite
 from tests.test_reproduce import TINY
 

@@ -1,96 +1,27 @@
-"""Speed measurements (Table 2).
+"""Inference speed of the recorded models (Table 2's timings).
 
-train_cost: seconds per training epoch of each method relative to the dense model, same loop,
-batch size and data, measured side by side in one process (epochs interleaved, median of the
-repetitions), so that the ratio is robust to other load on the machine. peak_training_memory: what
-training adds to memory at its peak.
 inference_bench: forward time of the dense model, of each recorded structurally pruned model and
-of its CSR form (Linear layers as torch.sparse CSR), beside the bound a FLOP count allows.
+of its CSR form (Linear layers as torch.sparse CSR), beside the bound a FLOP count allows; every
+model in its inference form (the input normalisation folded into the first layer where exact).
+op_profile: where the time of a forward pass goes, by operator. Training cost is
+reproduce/bench_train.py.
 """
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-import multiprocessing
 import statistics
 import time
 import warnings
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
-from bayescomp.data import ImageData
 from bayescomp.models import Normalize
-from bayescomp.train import TrainConfig, fit
-from reproduce.registry import METHODS, MODELS
 
-
-def train_cost(data: ImageData, model_name: str, methods: list[str], repeats: int = 3, batch_size: int = 128,
-               train_subset: int | None = None, device: str = "cpu") -> list[dict[str, Any]]:
-    """One row per method: median epoch seconds and the ratio to the first method (put 'dense' first)."""
-    cfg = TrainConfig(epochs=1, batch_size=batch_size)
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    for rep in range(repeats + 1):  # the first round warms up and is discarded
-        for name in methods:
-            torch.manual_seed(rep)
-            method = METHODS[name]()
-            model = MODELS[model_name](layers=method.layers(), mean=data.mean, std=data.std)
-            h = fit(model, method, data, cfg, seed=rep, device=device, progress=False, train_subset=train_subset,
-                    test_subset=1)
-            if rep:
-                times[name].append(h[0]["seconds"])
-    base = statistics.median(times[methods[0]])
-    return [{"model": model_name, "method": m, "epoch_seconds": statistics.median(t),
-             "ratio_to_" + methods[0]: statistics.median(t) / base, "threads": torch.get_num_threads(),
-             "batch_size": batch_size} for m, t in times.items()]
-
-
-def step_breakdown(model_name: str, methods: list[str], batch_size: int = 128, input_shape: tuple[int, ...] = (1, 28, 28),
-                   repeats: int = 100) -> list[dict[str, Any]]:
-    """Milliseconds per training step, by phase, on random data: where a method's extra cost goes;
-    and the step's matrix-product MFLOP (torch's FlopCounterMode), the arithmetic floor of its cost."""
-    import time
-
-    import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def clock(fn) -> float:
-        for _ in range(10):
-            fn()
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        return (time.perf_counter() - t0) / repeats * 1000
-
-    rows = []
-    for name in methods:
-        torch.manual_seed(0)
-        method = METHODS[name]()
-        model = MODELS[model_name](layers=method.layers()).train()
-        opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)  # as bayescomp.train
-        x, y = torch.rand(batch_size, *input_shape), torch.randint(0, 10, (batch_size,))
-
-        def forward_backward() -> None:
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-
-        def penalty() -> None:
-            p = method.penalty(model)
-            if p.requires_grad:
-                p.backward()
-
-        with FlopCounterMode(display=False) as counter:  # matrix products of one forward + backward
-            forward_backward()
-        rows.append({"method": name, "step_mflop": counter.get_total_flops() / 1e6,
-                     "forward_ms": clock(lambda: F.cross_entropy(model(x), y)),
-                     "forward_backward_ms": clock(forward_backward), "penalty_fwd_bwd_ms": clock(penalty),
-                     "optimizer_ms": clock(opt.step), "step_end_ms": clock(lambda: method.on_step_end(model))})
-    return rows
-
-
-# ---------------------------------------------------------------- inference speed (Table 2)
 
 BATCH_SIZES = {"lenet300": (1, 64, 1024), "lenet5_caffe": (1, 64, 1024), "vgg_cifar": (1, 64, 256)}
 
@@ -257,56 +188,10 @@ def inference_bench(models: dict[str, dict[str, nn.Module]], input_shapes: dict[
     return rows
 
 
-def peak_training_memory(model_name: str, method_name: str, data: ImageData, steps: int = 30,
-                         batch_size: int = 128, device: str = "cpu") -> float:
-    """MB of memory a few training steps add at their peak: CUDA max_memory_allocated on a GPU;
-    on a CPU (Linux), the rise of the peak resident set over the one at the start, in a fresh
-    process for each method."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        _train_steps(model_name, method_name, data.subset(steps * batch_size, 1), batch_size, device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_peak_child, (model_name, method_name, data.subset(steps * batch_size, 1), batch_size))
-
-
-def _peak_child(model_name: str, method_name: str, data: ImageData, batch_size: int) -> float:
-    """In a fresh process: warm torch up on a tiny network, reset the kernel's peak-RSS mark (Linux
-    /proc/self/clear_refs, "5"), train, and return how far the peak rose above the resident set at
-    the start, in MB."""
-    torch.set_num_threads(1)
-    tiny = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))  # torch's one-time set-up, not the
-    opt = torch.optim.Adam(tiny.parameters(), fused=True)                     # method's memory
-    nn.functional.cross_entropy(tiny(torch.rand(2, 1, 4, 4)), torch.tensor([0, 1])).backward()
-    opt.step()
-    before = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    _train_steps(model_name, method_name, data, batch_size, "cpu")
-    return (_status_kb("VmHWM") - before) / 1024
-
-
-def _status_kb(field: str) -> int:
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
-    return int(line.split()[1])
-
-
-def _train_steps(model_name: str, method_name: str, data: ImageData, batch_size: int, device: str) -> None:
-    torch.manual_seed(0)
-    method = METHODS[method_name]()
-    model = MODELS[model_name](layers=method.layers(), mean=data.mean, std=data.std)
-    fit(model, method, data, TrainConfig(epochs=1, batch_size=batch_size), seed=0, device=device, progress=False)
-
-
 def op_profile(models: dict[str, nn.Module], input_shape: tuple[int, ...], batch: int = 1024, threads: int = 1,
-               reps: int = 20) -> Any:
+               reps: int = 20) -> pd.DataFrame:
     """Self CPU milliseconds per forward pass, by operator (torch.profiler), for each model (in its
     inference form): where the time goes when a speed-up falls short of its FLOP ratio."""
-    import pandas as pd
-    from torch.profiler import ProfilerActivity, profile
-
     torch.set_num_threads(threads)
     x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     cols = {}
