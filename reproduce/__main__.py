@@ -1,4 +1,5 @@
-"""Command line: python -m reproduce {list, run, table1, table2, check, sweep, figures, bench-train}.
+"""Command line: python -m reproduce {list, run, trial, trials, table1, table2, check, calibrate, sweep, recode,
+migrate, figures, bench-train, report}.
 
 Verbs and switches only; hyperparameters and expected values live in experiments.toml.
 """
@@ -22,6 +23,7 @@ from reproduce.executors import EXECUTORS, ExecutorUnavailable
 from reproduce.figures import figures_command
 from reproduce.migrate import migrate
 from reproduce.recode import recode_command
+from reproduce.report import report_command
 from reproduce.results import list_command
 from reproduce.run import run_command
 from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite
@@ -42,7 +44,7 @@ VERBS: dict[str, Callable[[argparse.Namespace, Suite], int]] = {  # what each ve
     "list": list_command, "run": run_command, "trial": trial_command, "trials": trials_command,
     "table1": table1_command, "check": check_command, "table2": table2_command, "sweep": sweep_command,
     "calibrate": calibrate_command, "recode": recode_command, "migrate": _migrate_command,
-    "figures": figures_command, "bench-train": bench_train_command}
+    "figures": figures_command, "bench-train": bench_train_command, "report": report_command}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p_rc.add_argument("--profile", default=None, help="only this profile: " + _profile_help(argv) + " (default: all)")
     sub.add_parser("migrate", parents=[common],
                    help="bring recorded results up to a changed spec hash where nothing they were built from changed")
+    sub.add_parser("report", parents=[common],
+                   help="REPRODUCING.md's verdicts, contents and quoted numbers rewritten from results/ (never trains)")
     p_fig = sub.add_parser("figures", parents=[common], help="plots from recorded results (never trains)")
     p_fig.add_argument("--profile", default="paper", help=profile)
     p_bt = sub.add_parser("bench-train", parents=[common], help="epoch time of methods vs dense, side by side")

@@ -17,15 +17,20 @@ here, from `results/` and the tolerances of `experiments.toml`, never typed:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reproduce.tables import COLUMNS, MODEL_TITLES, collect, within
+import pandas as pd
+
+from reproduce.results import load_result, profile_suffix, result_dir, status, write_atomic
 from reproduce.spec import Suite
+from reproduce.tables import COLUMNS, MODEL_TITLES, collect, within
 
 QUOTE = re.compile(r"<!--q (?P<source>\S+) (?P<key>\S+?)(?: (?P<fmt>\S+?))?-->(?P<value>.*?)<!--/q-->")
 CLOSE_FACTOR = 2.0  # "close": every miss is within this multiple of its tolerance
@@ -85,10 +90,6 @@ def verdicts(suite: Suite, profile: str, root: Path) -> list[Verdict]:
 
 def kl_trend(root: Path, exp_id: str, profile: str, seeds: list[int]) -> str:
     """The KL per example's relative change over the last tenth of the epochs, mean over seeds ("" if none)."""
-    import pandas as pd
-
-    from reproduce.run import result_dir
-
     changes, span = [], 0
     for s in seeds:
         h = pd.read_csv(result_dir(root, exp_id, profile, s) / "history.csv")
@@ -110,7 +111,7 @@ def render_verdicts(suite: Suite, profile: str, root: Path, out_dir: Path) -> st
     lines += [f"| {v.model} | {v.label} | {v.seeds} | **{v.verdict}** | {v.why} | {v.kl_trend or '—'} |" for v in rows]
     text = "\n".join(lines) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"verdicts{'' if profile == 'paper' else '_' + profile}.md").write_text(text)
+    write_atomic(out_dir / f"verdicts{profile_suffix(profile)}.md", text)
     return text
 
 
@@ -154,8 +155,6 @@ def quote_value(source: str, key: str, suite: Suite, root: Path, repo: Path) -> 
         spec = suite.resolve(m["id"], m["profile"] or "paper")
     except ValueError as e:
         raise QuoteError(f"quote source {source!r}: {e}") from None
-    from reproduce.run import load_result, status
-
     seeds = [int(m["seed"])] if m["seed"] else list(spec.seeds)
     current = [s for s in seeds if status(root, spec, s) == "current"]
     if not current:
@@ -170,8 +169,6 @@ def quote_value(source: str, key: str, suite: Suite, root: Path, repo: Path) -> 
 
 def _csv_value(path: Path, key: str) -> Any:
     """KEY `col=value,col=value/column`: `column` of the one row of the CSV file matching every `col=value`."""
-    import pandas as pd
-
     where, _, column = key.rpartition("/")
     try:
         frame = pd.read_csv(path, dtype=str)
@@ -225,7 +222,20 @@ def refresh(doc: Path, suite: Suite, root: Path, figures: Path) -> list[str]:
     for block, body in (("verdicts", render_verdicts(suite, "paper", root, figures)), ("toc", toc(text))):
         text = replace_block(text, block, body) or text
     text, changed = refresh_quotes(text, suite, root, doc.parent)
-    tmp = doc.with_name(doc.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(doc)
+    write_atomic(doc, text)
     return changed
+
+
+def report_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce report`: REPRODUCING.md (beside the figures folder) brought up to date with results/."""
+    doc = args.figures_dir.parent / "REPRODUCING.md"
+    if not doc.exists():
+        raise FileNotFoundError(f"{doc}: no such file; --figures-dir must be the repository's figures/ folder")
+    try:
+        changed = refresh(doc, suite, args.results_dir, args.figures_dir)
+    except QuoteError as e:
+        raise ValueError(f"{doc}: {e}; correct that quote (reproduce/report.py says how they are written)") from None
+    print("\n".join(changed) if changed else "no quoted number changed", file=sys.stderr)
+    print(f"(updated the verdicts, the contents and {len(QUOTE.findall(doc.read_text()))} quoted numbers of {doc})",
+          file=sys.stderr)
+    return 0

@@ -34,15 +34,15 @@ from reproduce.results import (artifact, bench_dir, bench_dirs, code_version, cu
                                result_dir, write_atomic)
 from reproduce.run import resolve_device  # noqa: E402
 from reproduce.spec import Suite  # noqa: E402
-from reproduce.tables import MODEL_TITLES, embed, generated_doc  # noqa: E402
+from reproduce.tables import MODEL_TITLES  # noqa: E402
 
 TRAIN_SUBSET = {"lenet300": None, "lenet5_caffe": 5_000, "vgg_cifar": 2_560}  # images per timed epoch
 CPU_TRAIN_MODELS = ("lenet300", "lenet5_caffe")  # VGG's training cost is measured on a GPU only
 
 
 def table2_command(args: argparse.Namespace, suite: Suite) -> int:
-    """`python -m reproduce table2`: time the recorded models (unless --no-measure) and render Table 2 and
-    its block of REPRODUCING.md; with --op-profile MODEL, only the time per operator of that model's."""
+    """`python -m reproduce table2`: time the recorded models (unless --no-measure) and render Table 2
+    (figures/table2.md; `python -m reproduce report` then refreshes REPRODUCING.md's quotes of it); with --op-profile MODEL, only the time per operator of that model's."""
     if args.op_profile:
         return _op_profile_command(args, suite)
     if not args.no_measure:
@@ -53,8 +53,6 @@ def table2_command(args: argparse.Namespace, suite: Suite) -> int:
               file=sys.stderr)
     text = render(args.results_dir, args.figures_dir)
     print(text, end="")
-    if embed(generated_doc(args.figures_dir), "table2", text.split("\n", 2)[2]):
-        print("(updated the table2 block of REPRODUCING.md)", file=sys.stderr)
     return 0
 
 

@@ -122,3 +122,22 @@ def test_a_csv_quote_reads_the_one_matching_row(tmp_path):
     assert refresh_quotes(text, suite, tmp_path, tmp_path)[0].endswith("-->4.43<!--/q-->")
     with pytest.raises(QuoteError, match="matches 2 rows"):
         refresh_quotes("<!--q t.csv model=lenet300/ratio .2f-->0<!--/q-->", suite, tmp_path, tmp_path)
+
+
+def test_report_verb_refreshes_the_document_beside_the_figures_folder_and_names_a_bad_quote(tmp_path, capsys):
+    from reproduce.__main__ import main
+
+    spec = tmp_path / "e.toml"
+    spec.write_text(SPEC)
+    _record(tmp_path / "results", load_suite(spec), "lenet300.bc_gnj", 0, error_pct=1.8, cr_fast=30.0)
+    args = ["--spec", str(spec), "--results-dir", str(tmp_path / "results"), "--figures-dir", str(tmp_path / "figures")]
+    assert main(["report", *args]) == 2  # no REPRODUCING.md beside figures/
+    assert "REPRODUCING.md: no such file" in capsys.readouterr().err
+    doc = tmp_path / "REPRODUCING.md"
+    doc.write_text("error <!--q lenet300.bc_gnj#0 error_pct .1f-->?<!--/q--> %\n")
+    assert main(["report", *args]) == 0
+    assert doc.read_text() == "error <!--q lenet300.bc_gnj#0 error_pct .1f-->1.8<!--/q--> %\n"
+    doc.write_text("<!--q lenet300.bc_ghs error_pct .1f-->?<!--/q-->\n")
+    assert main(["report", *args]) == 2
+    assert "no current result" in capsys.readouterr().err
+    assert doc.read_text() == "<!--q lenet300.bc_ghs error_pct .1f-->?<!--/q-->\n"  # left as it was
