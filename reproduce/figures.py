@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bayescomp.method import Method  # noqa: E402
+from reproduce.groups import render_groups
 from reproduce.registry import METHODS, prunes_groups  # noqa: E402
 from reproduce.results import (atomic_path, current_specs, load_result, profile_suffix, result_dir,  # noqa: E402
                                status)
@@ -229,4 +230,5 @@ def tradeoff(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
 
 def all_figures(suite: Suite, profile: str, root: Path, out: Path) -> list[Path]:
     return (tradeoff(suite, profile, root, out) + statistic_histograms(suite, profile, root, out)
-            + bits_and_units(suite, profile, root, out) + learning_curves(suite, profile, root, out))
+            + bits_and_units(suite, profile, root, out) + learning_curves(suite, profile, root, out)
+            + render_groups(suite, profile, root, out))
