@@ -98,7 +98,7 @@ def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int =
     """figures/trials_<experiment>.{md,png,pdf}; returns the markdown."""
     frame, histories = compare(suite, experiment, root, seed)
     text = (f"# Recipe trials of {experiment} (seed {seed})\n\n"
-            + frame.to_markdown(index=False, floatfmt=".2f") + "\n")
+            + frame.to_markdown(index=False, floatfmt=".2f").replace(" nan ", " —   ") + "\n")
     write_atomic(figures / f"trials_{experiment}.md", text)
     if histories:
         fig, axes = plt.subplots(1, len(CURVES), figsize=(12, 3.4))
