@@ -58,6 +58,7 @@ class BayesianCompression(VariationalMethod):
         first.clip_variances()
 
     reference_threshold: ClassVar[float]  # of the group statistic; only for the convergence curve
+    statistic_label: ClassVar[str]  # what the group statistic is, as figures label its axis
 
     def epoch_stats(self, model: nn.Module) -> dict[str, float]:
         """prunable_pct: the share of the weights whose group statistic is at or above the method's
@@ -152,6 +153,7 @@ class BCGroupNJ(BayesianCompression):
 
     name: ClassVar[str] = "bc_gnj"
     reference_threshold: ClassVar[float] = -3.0  # log α; the official LeNet-300 code keeps log α < −2.8, −3, −5
+    statistic_label: ClassVar[str] = "log α"
     init_logvar: float = -9.0
 
     def layers(self) -> LayerSet:
@@ -169,6 +171,7 @@ class BCGroupHS(BayesianCompression):
 
     name: ClassVar[str] = "bc_ghs"
     reference_threshold: ClassVar[float] = 2.0  # −log mode(z): the mode below e⁻² (recorded rules: 0.5-2.9)
+    statistic_label: ClassVar[str] = "−log mode of q(z)"
     tau0: float = 1e-5
     kl_form: str = "exact"
     init_logvar: float = -9.0

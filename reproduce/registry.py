@@ -7,7 +7,7 @@ from baselines.deep_compression import DeepCompression
 from baselines.magnitude import MagnitudePruning
 from baselines.random_pruning import RandomPruning
 from baselines.sparse_vd import SparseVD
-from bayescomp.bc import BCGroupHS, BCGroupNJ, VariationalMethod
+from bayescomp.bc import BayesianCompression, BCGroupHS, BCGroupNJ
 from bayescomp.method import DENSE, Dense, Method
 from bayescomp.models import lenet5_caffe, lenet300, vgg_cifar
 
@@ -32,8 +32,9 @@ def has_posterior(method: Method) -> bool:
 
 def prunes_groups(name: str) -> bool:
     """Whether method `name` removes whole units and filters by a per-group statistic against thresholds
-    that it records in details.json (bayescomp.bc.VariationalMethod): Bayesian Compression's pruning."""
-    return issubclass(METHODS[name], VariationalMethod)
+    that it records in details.json (bayescomp.bc.BayesianCompression): Bayesian Compression's pruning.
+    Sparse VD, variational too, prunes single weights: not this."""
+    return issubclass(METHODS[name], BayesianCompression)
 
 
 # the Method hooks a training run calls: every public one but `compress`, which runs once at the end
