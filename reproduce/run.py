@@ -165,7 +165,3 @@ def _segments(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             out.append({**where, "epochs": [h["epoch"], h["epoch"]]})
     return out
-
-
-def env_summary() -> str:
-    return f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.get_num_threads()} threads"
