@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reproduce.tables import COLUMNS, MODEL_TITLES, collect, within
+from reproduce.results import load_result, result_dir, status
 from reproduce.spec import Suite
+from reproduce.tables import COLUMNS, MODEL_TITLES, collect, within
 
 QUOTE = re.compile(r"<!--q (?P<source>\S+) (?P<key>\S+?)(?: (?P<fmt>\S+?))?-->(?P<value>.*?)<!--/q-->")
 CLOSE_FACTOR = 2.0  # "close": every miss is within this multiple of its tolerance
@@ -86,8 +87,6 @@ def verdicts(suite: Suite, profile: str, root: Path) -> list[Verdict]:
 def kl_trend(root: Path, exp_id: str, profile: str, seeds: list[int]) -> str:
     """The KL per example's relative change over the last tenth of the epochs, mean over seeds ("" if none)."""
     import pandas as pd
-
-    from reproduce.run import result_dir
 
     changes, span = [], 0
     for s in seeds:
@@ -154,8 +153,6 @@ def quote_value(source: str, key: str, suite: Suite, root: Path, repo: Path) -> 
         spec = suite.resolve(m["id"], m["profile"] or "paper")
     except ValueError as e:
         raise QuoteError(f"quote source {source!r}: {e}") from None
-    from reproduce.run import load_result, status
-
     seeds = [int(m["seed"])] if m["seed"] else list(spec.seeds)
     current = [s for s in seeds if status(root, spec, s) == "current"]
     if not current:
