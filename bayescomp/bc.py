@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from bayescomp.data import ImageData
 from bayescomp.layers import BayesLayer, Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ
-from bayescomp.method import Compressed, CompressedLayer, LayerSet
-from bayescomp.models import prunable_layers
+from bayescomp.method import Compressed, CompressedLayer
+from bayescomp.models import LayerSet, prunable_layers
 from bayescomp.prune import cascade_masks, densify
 from bayescomp.train import evaluate
 from bayescomp.variational import VariationalMethod, bayes_layers, prunable_pct

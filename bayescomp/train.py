@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from bayescomp.data import ImageData, augment_crop_flip
 from bayescomp.method import Method
-from bayescomp.models import ArtifactError, load_plain
+from bayescomp.artifact import ArtifactError, load_plain
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "linear")

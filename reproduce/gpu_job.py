@@ -50,8 +50,9 @@ import torch
 
 from bayescomp.bc import bayes_layers
 from bayescomp.data import DataError, ImageData, load_dataset
+from bayescomp.models import MODELS
 from bayescomp.train import evaluate, fit
-from reproduce.registry import METHODS, MODELS
+from reproduce.registry import METHODS
 from reproduce.results import atomic_path, bench_dir, git, profile_suffix, result_dir, status, work_dir, write_atomic
 from reproduce.run import resolve_device
 from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bayescomp.models import load_plain
+from bayescomp.artifact import load_plain
 from reproduce.results import artifact, atomic_path, recorded_folders, result_dir, status, write_atomic
 from reproduce.spec import RunSpec, Suite, SpecError, content_hash
 

@@ -20,8 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bayescomp.artifact import load_plain
 from bayescomp.metrics import artifact_metrics
-from bayescomp.models import load_model, load_plain
+from bayescomp.models import load_model
 from reproduce.results import WEIGHT_FILES, artifact, run_lock, sized_name, staged_dir
 from reproduce.spec import Suite
 
