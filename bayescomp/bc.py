@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from bayescomp.data import ImageData
 from bayescomp.layers import BayesLayer, Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ
 from bayescomp.method import Compressed, CompressedLayer
+from bayescomp.metrics import error_pct
 from bayescomp.models import LayerSet, prunable_layers
 from bayescomp.prune import cascade_masks, densify
-from bayescomp.train import evaluate
 from bayescomp.variational import VariationalMethod, bayes_layers, prunable_pct
 
 THRESHOLD_RULES = ("validation", "fixed")
@@ -129,7 +129,7 @@ def _validation_thresholds(model: nn.Module, layers: list[tuple[str, BayesLayer]
         for n, layer in dense_layers.items():
             layer.weight.copy_(means[n] * masks[n])
             layer.bias.copy_(biases[n] * masks[n].flatten(1).any(1))
-        return evaluate(dense, data.val_x, data.val_y, device)
+        return error_pct(dense, data.val_x, data.val_y, device)
 
     thr = {n: float("inf") for n in stats}
     base = val_error(thr)
