@@ -14,7 +14,9 @@ Definitions (DESIGN.md; REPRODUCING.md repeats them for readers):
   bytes and the empirical entropy of its coded symbols.
 - cr_max_entropy: 32 |W| / sum over layers of n·H of the coded symbols (raw float32 at 32 bits):
   the CR max of an ideal zeroth-order coder with free tables, headers and masks.
-- flops_dense / flops_pruned: multiply-adds per image, counted by torch's FlopCounterMode.
+- macs_dense / macs_pruned: multiply-adds per image (not FLOPs: one multiply-add is two), counted
+  by torch's FlopCounterMode (`multiply_adds`, also Table 2's counter).
+- metrics_format: METRICS_FORMAT, the version of these names; reproduce.migrate renames older files'.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from bayescomp.models import prunable_layers
 from bayescomp.prune import LayerStructure, export, structure
 
 VERIFY_MAX_NONZERO = 2_000_000  # Huffman decoding is a Python loop: verify round trips up to this size
+METRICS_FORMAT = 2  # of summarize's keys; 2: multiply-adds as macs_* (1, no key: flops_*); bump on a rename
 
 
 @torch.inference_mode()
@@ -133,6 +136,7 @@ def summarize(compressed: Compressed, data: ImageData, model_name: str, device: 
     dense_n = sum(w.numel() for w in weights.values())
     artifact = artifact_metrics(small, model_name, artifact_path, model_args)
     metrics: dict[str, Any] = {
+        "metrics_format": METRICS_FORMAT,
         "error_pct": error_pct(small.to(device), x, y, device),
         "error_masked_pct": error_pct(compressed.model.to(device), x, y, device),
         "nonzero_pct": nonzero_pct(list(weights.values())),
@@ -144,8 +148,8 @@ def summarize(compressed: Compressed, data: ImageData, model_name: str, device: 
         "model_bytes": buf.getbuffer().nbytes,
         "n_weights_dense": dense_n,
         "n_weights_pruned": sum(s.n_weights for s in struct),
-        "flops_dense": multiply_adds(compressed.model, tuple(x.shape[1:])),
-        "flops_pruned": multiply_adds(small, tuple(x.shape[1:])),
+        "macs_dense": multiply_adds(compressed.model, tuple(x.shape[1:])),
+        "macs_pruned": multiply_adds(small, tuple(x.shape[1:])),
         "test_images": len(x),
         **artifact,
     }

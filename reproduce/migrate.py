@@ -1,4 +1,4 @@
-"""Bring recorded results folders up to a changed spec hash without retraining them.
+"""Bring recorded results folders up to a changed spec hash or metrics format without retraining them.
 
 `python -m reproduce migrate` is idempotent. What it migrates:
 
@@ -12,6 +12,11 @@
   names in its `spec.json` (and in its posterior.pt's `method_args`), with a `migrations` entry.
   A resume point (results/.work/<id>/<profile>/seed<k>/spec_hash) gets the new hash the same way,
   so the run continues from it instead of starting over.
+- metrics format (bayescomp.metrics.METRICS_FORMAT): every metrics.json under the results folder
+  (any profile, trials and kept copies included) of format 1 (no `metrics_format` key) gets its
+  `RENAMED_METRICS` keys renamed in place and `metrics_format` set; nothing else in it changes. A
+  folder whose run holds its lock (being trained, by this code or older code) is left for a rerun;
+  a file written by older code after a migration is format 1 again, and the next rerun migrates it.
 
 A migrated file is rewritten atomically (temporary file, then one rename); spec.json last, so an
 interrupted migration is completed by running it again.
@@ -29,18 +34,24 @@ from typing import Any
 import torch
 
 from bayescomp.artifact import load_plain
-from reproduce.results import artifact, atomic_path, recorded_folders, result_dir, status, write_atomic
+from bayescomp.metrics import METRICS_FORMAT
+from reproduce.results import (artifact, atomic_path, recorded_folders, result_dir, results_folders, run_lock, status,
+                               write_atomic)
 from reproduce.spec import RunSpec, Suite, SpecError, content_hash
 
 RENAMED_METHOD_ARGS: dict[str, dict[str, str]] = {  # method -> {former key: key now}
     "sparse_vd": {"logvar_lr_mult": "scale_lr_mult"},  # one name for the knob, as BC's
 }
+RENAMED_METRICS = {"flops_dense": "macs_dense", "flops_pruned": "macs_pruned"}  # format 1 -> 2: multiply-adds
 
 
 def migrate_command(args: argparse.Namespace, suite: Suite) -> int:
-    """`python -m reproduce migrate`: a line per recorded folder, saying what happened to it."""
+    """`python -m reproduce migrate`: a line per recorded folder, saying what happened to it; then one per
+    metrics.json."""
     for exp_id, prof, seed, outcome in migrate(suite, args.results_dir):
         print(f"{exp_id:<28} {prof:<6} seed{seed}: {outcome}")
+    for folder, outcome in migrate_metrics(args.results_dir):
+        print(f"{folder}/metrics.json: {outcome}")
     return 0
 
 
@@ -170,3 +181,29 @@ def migrate(suite: Suite, root: Path) -> list[tuple[str, str, int, str]]:
         if hash_file.parts[-4] in suite.experiments and hash_file.parent.name[4:].isdigit():
             out.append(migrate_resume_point(suite, hash_file))
     return out
+
+
+def migrate_metrics(root: Path) -> list[tuple[str, str]]:
+    """Every metrics.json under root brought up to METRICS_FORMAT: (its folder relative to root, outcome)."""
+    return [(str(folder.relative_to(root)), migrate_metrics_file(folder)) for folder in results_folders(root)]
+
+
+def migrate_metrics_file(folder: Path) -> str:
+    """Rename one format-1 metrics.json's RENAMED_METRICS keys in place and record the format; what happened."""
+    path = folder / "metrics.json"
+    with run_lock(folder, wait=False) as free:
+        if not free:
+            return "left for now (its run holds the lock): migrate again when it has finished"
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            return f"left as it is (unreadable: {type(e).__name__}: {e}; restore it with git checkout)"
+        found = metrics.get("metrics_format", 1)
+        if found == METRICS_FORMAT:
+            return "current"
+        if found != 1:
+            return f"left as it is (metrics format {found}: this code migrates format 1 to {METRICS_FORMAT})"
+        renamed = {RENAMED_METRICS.get(k, k): v for k, v in metrics.items()}
+        write_atomic(path, json.dumps({"metrics_format": METRICS_FORMAT, **renamed}, indent=2) + "\n")
+        names = ", ".join(f"{a} -> {b}" for a, b in RENAMED_METRICS.items() if a in metrics)
+        return f"migrated (metrics format 1 -> {METRICS_FORMAT}{': ' + names if names else ''})"
