@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from bayescomp import kl
 from bayescomp.data import ImageData
 from bayescomp.layers import EPS, BayesConv2d, BayesLayer, BayesLinear
-from bayescomp.method import Compressed, CompressedLayer, LayerSet
+from bayescomp.method import Compressed, CompressedLayer
+from bayescomp.models import LayerSet
 from bayescomp.prune import densify
 from bayescomp.variational import VariationalMethod, bayes_layers, prunable_pct
 

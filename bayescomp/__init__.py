@@ -2,7 +2,7 @@
 
 [LUW17] C. Louizos, K. Ullrich, M. Welling. Bayesian Compression for Deep Learning. NIPS 2017.
 """
-from bayescomp.method import DENSE, Compressed, CompressedLayer, Dense, LayerSet, Method
-from bayescomp.models import load_model
+from bayescomp.method import Compressed, CompressedLayer, Dense, Method
+from bayescomp.models import DENSE, LayerSet, load_model
 
 __all__ = ["DENSE", "Compressed", "CompressedLayer", "Dense", "LayerSet", "Method", "load_model"]

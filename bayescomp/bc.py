@@ -21,10 +21,10 @@ from torch import Tensor, nn
 
 from bayescomp.data import ImageData
 from bayescomp.layers import BayesLayer, Conv2dGroupHS, Conv2dGroupNJ, LinearGroupHS, LinearGroupNJ
-from bayescomp.method import Compressed, CompressedLayer, LayerSet
-from bayescomp.models import prunable_layers
+from bayescomp.method import Compressed, CompressedLayer
+from bayescomp.metrics import error_pct
+from bayescomp.models import LayerSet, prunable_layers
 from bayescomp.prune import cascade_masks, densify
-from bayescomp.train import evaluate
 from bayescomp.variational import VariationalMethod, bayes_layers, prunable_pct
 
 THRESHOLD_RULES = ("validation", "fixed")
@@ -58,6 +58,7 @@ class BayesianCompression(VariationalMethod):
         first.clip_variances()
 
     reference_threshold: ClassVar[float]  # of the group statistic; only for the convergence curve
+    statistic_label: ClassVar[str]  # what the group statistic is, as figures label its axis
 
     def epoch_stats(self, model: nn.Module) -> dict[str, float]:
         """prunable_pct: the share of the weights whose group statistic is at or above the method's
@@ -128,7 +129,7 @@ def _validation_thresholds(model: nn.Module, layers: list[tuple[str, BayesLayer]
         for n, layer in dense_layers.items():
             layer.weight.copy_(means[n] * masks[n])
             layer.bias.copy_(biases[n] * masks[n].flatten(1).any(1))
-        return evaluate(dense, data.val_x, data.val_y, device)
+        return error_pct(dense, data.val_x, data.val_y, device)
 
     thr = {n: float("inf") for n in stats}
     base = val_error(thr)
@@ -152,6 +153,7 @@ class BCGroupNJ(BayesianCompression):
 
     name: ClassVar[str] = "bc_gnj"
     reference_threshold: ClassVar[float] = -3.0  # log α; the official LeNet-300 code keeps log α < −2.8, −3, −5
+    statistic_label: ClassVar[str] = "log α"
     init_logvar: float = -9.0
 
     def layers(self) -> LayerSet:
@@ -169,6 +171,7 @@ class BCGroupHS(BayesianCompression):
 
     name: ClassVar[str] = "bc_ghs"
     reference_threshold: ClassVar[float] = 2.0  # −log mode(z): the mode below e⁻² (recorded rules: 0.5-2.9)
+    statistic_label: ClassVar[str] = "−log mode of q(z)"
     tau0: float = 1e-5
     kl_form: str = "exact"
     init_logvar: float = -9.0

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from bayescomp.entropy import Stream, decode_stream, encode_stream, read_varint, unzigzag, varint, zigzag
-from bayescomp.models import BUILDERS, InputSelect, prunable_layers
+from bayescomp.models import MODELS, InputSelect, prunable_layers
 
 MAGIC = b"BCW2"
 MAX_ALPHABET = 1 << 16  # grid ranges and codebooks larger than this are stored raw
@@ -85,10 +85,10 @@ class _Part:
 
 def stored_layers(model: nn.Module, model_name: str, model_args: dict[str, Any] | None = None) -> list[StoredLayer]:
     """The prunable layers of a structurally pruned model (as `bayescomp.prune.export` builds it) in
-    the frame of the dense model `BUILDERS[model_name](**model_args)` (the spec's model_args, e.g. the
+    the frame of the dense model `MODELS[model_name](**model_args)` (the spec's model_args, e.g. the
     quick profile's 1/8-wide VGG): kept inputs from its InputSelect, hidden units as the first k."""
     with torch.device("meta"):
-        dense = dict(prunable_layers(BUILDERS[model_name](**(model_args or {}))))
+        dense = dict(prunable_layers(MODELS[model_name](**(model_args or {}))))
     out, select = [], None
     for name, m in model.named_modules():
         if isinstance(m, InputSelect):

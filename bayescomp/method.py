@@ -11,28 +11,13 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from bayescomp.data import ImageData
-
-
-@dataclass(frozen=True)
-class LayerSet:
-    """The Linear / Conv2d classes a model is built with (signatures as torch.nn's, less `bias`: the
-    models always have biases and the Bayesian layers take no such argument), and whether the
-    model keeps its batch norm layers (vgg_cifar; the LeNets have none). BC builds VGG without them:
-    bayescomp.variational.init_from_dense folds the dense model's batch norm into the layers before it."""
-
-    linear: Callable[..., nn.Module] = nn.Linear
-    conv2d: Callable[..., nn.Module] = nn.Conv2d
-    batch_norm: bool = True
-
-
-DENSE = LayerSet()
+from bayescomp.data import ImageData
+from bayescomp.models import DENSE, LayerSet, prunable_layers
 
 
 @dataclass(frozen=True)
@@ -114,8 +99,6 @@ class Dense(Method):
     name: ClassVar[str] = "dense"
 
     def compress(self, model: nn.Module, data: ImageData | None = None) -> Compressed:
-        from bayescomp.models import prunable_layers
-
         final = copy.deepcopy(model).eval()
         layers = {n: CompressedLayer(m.weight.detach().clone()) for n, m in prunable_layers(final)}
         return Compressed(final, layers)

@@ -14,7 +14,9 @@ Definitions (DESIGN.md; REPRODUCING.md repeats them for readers):
   bytes and the empirical entropy of its coded symbols.
 - cr_max_entropy: 32 |W| / sum over layers of n·H of the coded symbols (raw float32 at 32 bits):
   the CR max of an ideal zeroth-order coder with free tables, headers and masks.
-- flops_dense / flops_pruned: multiply-adds per image, counted by torch's FlopCounterMode.
+- macs_dense / macs_pruned: multiply-adds per image (not FLOPs: one multiply-add is two), counted
+  by torch's FlopCounterMode (`multiply_adds`, also Table 2's counter).
+- metrics_format: METRICS_FORMAT, the version of these names; reproduce.migrate renames older files'.
 """
 from __future__ import annotations
 
@@ -31,9 +33,27 @@ from bayescomp.data import ImageData
 from bayescomp.method import Compressed
 from bayescomp.models import prunable_layers
 from bayescomp.prune import LayerStructure, export, structure
-from bayescomp.train import evaluate
 
 VERIFY_MAX_NONZERO = 2_000_000  # Huffman decoding is a Python loop: verify round trips up to this size
+METRICS_FORMAT = 2  # of summarize's keys; 2: multiply-adds as macs_* (1, no key: flops_*); bump on a rename
+
+
+@torch.inference_mode()
+def error_pct(model: nn.Module, x: Tensor, y: Tensor, device: torch.device | str = "cpu",
+              batch_size: int = 1000) -> float:
+    """Top-1 error in percent of `model` in eval mode on uint8 images x: (N, C, H, W), labels y: (N,);
+    batches of `batch_size` on `device`. The error of every table row and training epoch."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    wrong = 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device).float().div_(255)
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        wrong += int((model(xb).argmax(1).cpu() != y[i:i + batch_size]).sum())
+    model.train(was_training)
+    return 100.0 * wrong / len(x)
 
 
 def nonzero_pct(weights: list[Tensor]) -> float:
@@ -84,14 +104,19 @@ def artifact_metrics(small: nn.Module, model_name: str, path: Path | None = None
     }
 
 
-def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-adds of one forward pass on one example (FlopCounterMode counts 2 FLOPs per MAC)."""
+def multiply_adds(model: nn.Module, input_shape: tuple[int, ...], *, nonzero: bool = False) -> int:
+    """Multiply-adds of one forward pass on one example, counted by torch's FlopCounterMode (2 FLOPs per
+    multiply-add): every weight's, zeros included. nonzero=True: without the zero weights of Linear
+    layers, which a sparse (CSR) product skips and a dense conv does not (Table 2's CSR form)."""
     param = next(model.parameters())
     x = torch.zeros((1, *input_shape), device=param.device)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         model.eval()(x)
-    return counter.get_total_flops() // 2
+    macs = counter.get_total_flops() // 2
+    if nonzero:  # one example: each weight of a Linear layer takes part in one multiply-add
+        macs -= sum(int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, nn.Linear))
+    return macs
 
 
 def summarize(compressed: Compressed, data: ImageData, model_name: str, device: torch.device | str = "cpu",
@@ -111,8 +136,9 @@ def summarize(compressed: Compressed, data: ImageData, model_name: str, device: 
     dense_n = sum(w.numel() for w in weights.values())
     artifact = artifact_metrics(small, model_name, artifact_path, model_args)
     metrics: dict[str, Any] = {
-        "error_pct": evaluate(small.to(device), x, y, device),
-        "error_masked_pct": evaluate(compressed.model.to(device), x, y, device),
+        "metrics_format": METRICS_FORMAT,
+        "error_pct": error_pct(small.to(device), x, y, device),
+        "error_masked_pct": error_pct(compressed.model.to(device), x, y, device),
         "nonzero_pct": nonzero_pct(list(weights.values())),
         "architecture": "-".join(map(str, widths)),
         "bits": "-".join(map(str, bits)),
@@ -122,8 +148,8 @@ def summarize(compressed: Compressed, data: ImageData, model_name: str, device: 
         "model_bytes": buf.getbuffer().nbytes,
         "n_weights_dense": dense_n,
         "n_weights_pruned": sum(s.n_weights for s in struct),
-        "flops_dense": multiply_adds(compressed.model, tuple(x.shape[1:])),
-        "flops_pruned": multiply_adds(small, tuple(x.shape[1:])),
+        "macs_dense": multiply_adds(compressed.model, tuple(x.shape[1:])),
+        "macs_pruned": multiply_adds(small, tuple(x.shape[1:])),
         "test_images": len(x),
         **artifact,
     }

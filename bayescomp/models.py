@@ -5,25 +5,42 @@ fc 800-500, fc 500-10 (ReLU after every hidden layer, as in the Sparse VD and BC
 vgg_cifar: the cifar.torch VGG (13 conv 3x3 + batch norm, fc 512-512 + batch norm, fc 512-10),
 without its dropout, since the compression methods bring their own noise; built without its batch
 norm layers when the layer set says so (BC: see bayescomp.variational.init_from_dense, `fold_batch_norm`).
-Every model starts with `Normalize`, so it takes raw images scaled to [0, 1]. `widths` builds the
-smaller dense model a structural export produces; `InputSelect` then keeps only the used inputs.
+Every model starts with `Normalize`, so it takes raw images scaled to [0, 1]; its input shape,
+classes and default normalisation are its data set's (bayescomp.data.MNIST / CIFAR10). `widths`
+builds the smaller dense model a structural export produces; `InputSelect` then keeps only the used
+inputs. `MODELS` is the one registry of model names.
 """
 from __future__ import annotations
 
 import copy
-import pickle
-import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from bayescomp.method import DENSE, LayerSet
+from bayescomp.artifact import load_plain
+from bayescomp.data import CIFAR10, MNIST
 
 VGG_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                                   512, 512, 512, "M", 512, 512, 512, "M")
+
+
+@dataclass(frozen=True)
+class LayerSet:
+    """The Linear / Conv2d classes a model is built with (signatures as torch.nn's, less `bias`: the
+    models always have biases and the Bayesian layers take no such argument), and whether the
+    model keeps its batch norm layers (vgg_cifar; the LeNets have none). BC builds VGG without them:
+    bayescomp.variational.init_from_dense folds the dense model's batch norm into the layers before it."""
+
+    linear: Callable[..., nn.Module] = nn.Linear
+    conv2d: Callable[..., nn.Module] = nn.Conv2d
+    batch_norm: bool = True
+
+
+DENSE = LayerSet()
 
 
 class Normalize(nn.Module):
@@ -74,45 +91,44 @@ def _flatten_or_select(n_in: int, n_keep: int) -> nn.Module:
     return nn.Flatten() if n_keep == n_in else InputSelect(n_in, n_keep)
 
 
-def lenet300(layers: LayerSet = DENSE, mean: Sequence[float] = (0.1307,), std: Sequence[float] = (0.3081,),
-             widths: Sequence[int] = (784, 300, 100)) -> nn.Module:
-    """LeNet-300-100; widths = (kept input pixels, hidden1, hidden2)."""
+def lenet300(layers: LayerSet = DENSE, mean: Sequence[float] = MNIST.mean, std: Sequence[float] = MNIST.std,
+             widths: Sequence[int] = (MNIST.input_features, 300, 100)) -> nn.Module:
+    """LeNet-300-100 for MNIST; widths = (kept input pixels, hidden1, hidden2)."""
     w = list(widths)
     return nn.Sequential(OrderedDict([
-        ("normalize", Normalize(mean, std, (1, 28, 28), accept_flat=True)),  # an MLP: flat input is natural
-        ("flatten", _flatten_or_select(784, w[0])),
+        ("normalize", Normalize(mean, std, MNIST.shape, accept_flat=True)),  # an MLP: flat input is natural
+        ("flatten", _flatten_or_select(MNIST.input_features, w[0])),
         ("fc1", layers.linear(w[0], w[1])), ("relu1", nn.ReLU()),
         ("fc2", layers.linear(w[1], w[2])), ("relu2", nn.ReLU()),
-        ("fc3", layers.linear(w[2], 10)),
+        ("fc3", layers.linear(w[2], MNIST.num_classes)),
     ]))
 
 
-def lenet5_caffe(layers: LayerSet = DENSE, mean: Sequence[float] = (0.1307,), std: Sequence[float] = (0.3081,),
+def lenet5_caffe(layers: LayerSet = DENSE, mean: Sequence[float] = MNIST.mean, std: Sequence[float] = MNIST.std,
                  widths: Sequence[int] = (20, 50, 800, 500)) -> nn.Module:
-    """LeNet-5-Caffe; widths = (conv1 filters, conv2 filters, fc1 inputs, fc1 outputs)."""
+    """LeNet-5-Caffe for MNIST; widths = (conv1 filters, conv2 filters, fc1 inputs, fc1 outputs)."""
     c1, c2, f_in, f_out = widths
     return nn.Sequential(OrderedDict([
-        ("normalize", Normalize(mean, std, (1, 28, 28))),
-        ("conv1", layers.conv2d(1, c1, 5)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+        ("normalize", Normalize(mean, std, MNIST.shape)),
+        ("conv1", layers.conv2d(MNIST.shape[0], c1, 5)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
         ("conv2", layers.conv2d(c1, c2, 5)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
-        ("flatten", _flatten_or_select(c2 * 16, f_in)),
+        ("flatten", _flatten_or_select(c2 * 16, f_in)),  # 28 -> conv 24 -> pool 12 -> conv 8 -> pool 4: 4x4
         ("fc1", layers.linear(f_in, f_out)), ("relu3", nn.ReLU()),
-        ("fc2", layers.linear(f_out, 10)),
+        ("fc2", layers.linear(f_out, MNIST.num_classes)),
     ]))
 
 
-def vgg_cifar(layers: LayerSet = DENSE, mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-              std: Sequence[float] = (0.2470, 0.2435, 0.2616),
+def vgg_cifar(layers: LayerSet = DENSE, mean: Sequence[float] = CIFAR10.mean, std: Sequence[float] = CIFAR10.std,
               widths: Sequence[int] | None = None, width: float = 1.0) -> nn.Module:
-    """cifar.torch VGG; widths = 13 conv filter counts, then fc1 inputs, fc1 outputs. Without widths,
+    """cifar.torch VGG for CIFAR-10; widths = 13 conv filter counts, then fc1 inputs, fc1 outputs. Without widths,
     `width` scales every layer of the original (the `quick` profile trains a 1/8-wide VGG on a CPU).
     Batch norm after every conv and after fc1 unless `layers.batch_norm` is False (BC's layer sets)."""
     if not 0 < width <= 1:
         raise ValueError(f"vgg_cifar width {width!r}: must be in (0, 1] (a share of cifar.torch's widths)")
     convs = [c for c in VGG_CFG if c != "M"]
     w = list(widths) if widths is not None else [max(1, round(c * width)) for c in (*convs, 512, 512)]
-    mods: list[tuple[str, nn.Module]] = [("normalize", Normalize(mean, std, (3, 32, 32)))]
-    c_in, k = 3, 0
+    mods: list[tuple[str, nn.Module]] = [("normalize", Normalize(mean, std, CIFAR10.shape))]
+    c_in, k = CIFAR10.shape[0], 0
     for c in VGG_CFG:
         if c == "M":
             mods.append((f"pool{k}", nn.MaxPool2d(2)))
@@ -124,11 +140,11 @@ def vgg_cifar(layers: LayerSet = DENSE, mean: Sequence[float] = (0.4914, 0.4822,
         c_in = w[k - 1]
     mods += [("flatten", _flatten_or_select(c_in, w[13])), ("fc1", layers.linear(w[13], w[14]))]
     mods += [("bn_fc1", nn.BatchNorm1d(w[14]))] if layers.batch_norm else []
-    mods += [("relu_fc1", nn.ReLU()), ("fc2", layers.linear(w[14], 10))]
+    mods += [("relu_fc1", nn.ReLU()), ("fc2", layers.linear(w[14], CIFAR10.num_classes))]
     return nn.Sequential(OrderedDict(mods))
 
 
-BUILDERS: dict[str, Callable[..., nn.Module]] = {
+MODELS: dict[str, Callable[..., nn.Module]] = {  # the models an experiment may name, and their builders
     "lenet300": lenet300, "lenet5_caffe": lenet5_caffe, "vgg_cifar": vgg_cifar,
 }
 
@@ -199,37 +215,9 @@ def load_model(path: str | Path) -> nn.Module:
     rec = load_plain(path, "delete it and rerun the experiment that wrote it (python -m reproduce run ID --force)")
     if not isinstance(rec, dict) or rec.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a {MODEL_FORMAT} file (written by bayescomp's reproduce run)")
-    if rec["model"] not in BUILDERS:
-        raise ValueError(f"{path}: unknown model {rec['model']!r}; valid: {sorted(BUILDERS)}")
+    if rec["model"] not in MODELS:
+        raise ValueError(f"{path}: unknown model {rec['model']!r}; valid: {sorted(MODELS)}")
     layers = LayerSet(batch_norm=rec.get("batch_norm", True))  # records before the key were built with it
-    model = BUILDERS[rec["model"]](layers=layers, mean=rec["mean"], std=rec["std"], widths=rec["widths"])
+    model = MODELS[rec["model"]](layers=layers, mean=rec["mean"], std=rec["std"], widths=rec["widths"])
     model.load_state_dict(rec["state_dict"])
     return model.eval()
-
-
-class ArtifactError(ValueError):
-    """A saved torch file (model, posterior, checkpoint) is unreadable or is not plain data."""
-
-
-def load_plain(path: str | Path, fix: str, map_location: str | torch.device = "cpu") -> Any:
-    """torch.load(path, weights_only=True): tensors, containers, numbers and strings, never code.
-
-    Raises ArtifactError naming the file and ending with `fix` (what the user should do) if the file
-    is empty, truncated or corrupt, or holds Python objects that would run code when loaded (those
-    are refused, never loaded); FileNotFoundError passes through.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise ArtifactError(f"{path} is corrupt (unpickling failed: {e}); {fix}") from None
-        found = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-        what = found.group(1).strip().split(". ")[0] if found else "not tensors and plain data"
-        problem = "loading it would run code" if "global" in what.lower() else "it is not a plain torch file"
-        raise ArtifactError(f"{path} was refused and not loaded: {problem} ({what}); files this suite writes "
-                            f"hold only tensors and plain data; {fix}") from None
-    except Exception as e:  # EOFError (0 bytes), RuntimeError (truncated zip), OSError, ...
-        reason = type(e).__name__ + (f": {str(e).split('. ')[0]}" if str(e) else "")
-        raise ArtifactError(f"{path} is empty, truncated or corrupt ({reason}); {fix}") from None

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bayescomp.method import LayerSet
-from bayescomp.models import BUILDERS, InputSelect, Normalize, has_batch_norm, prunable_layers
+from bayescomp.models import MODELS, InputSelect, LayerSet, Normalize, has_batch_norm, prunable_layers
 
 
 @dataclass(frozen=True)
@@ -81,13 +80,13 @@ def architecture(struct: list[LayerStructure]) -> list[int]:
 def export(model: nn.Module, model_name: str) -> tuple[nn.Module, list[int]]:
     """The smaller dense model with pruned units physically removed, and its widths.
 
-    model: built with dense layers by `BUILDERS[model_name]`, pruned weights exactly zero.
+    model: built with dense layers by `MODELS[model_name]`, pruned weights exactly zero.
     """
     layers = dict(prunable_layers(model))
     struct = structure({n: m.weight for n, m in layers.items()})
     widths = architecture(struct)
     norm = next(m for m in model.modules() if isinstance(m, Normalize))
-    small = BUILDERS[model_name](layers=LayerSet(batch_norm=has_batch_norm(model)),  # none if BC's had none
+    small = MODELS[model_name](layers=LayerSet(batch_norm=has_batch_norm(model)),  # none if BC's had none
                                  mean=norm.mean.flatten().tolist(), std=norm.std.flatten().tolist(), widths=widths)
     small_mods = dict(small.named_modules())
     channels: Tensor | None = None  # kept output units of the last prunable layer seen

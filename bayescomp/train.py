@@ -4,8 +4,8 @@ Batches are drawn by indexing in-memory uint8 tensors (resident on the training 
 epoch's order and noise come from generators seeded by (seed, epoch), so a run resumed from its
 per-epoch checkpoint continues exactly as an uninterrupted one (an unreadable checkpoint is deleted,
 saying so, and the run starts over). A non-finite loss stops the run with an error naming the epoch
-and step, and so does a finite one that exploded (`_check_not_exploded`). Evaluation runs in
-`torch.inference_mode` on the model in eval mode (posterior means for the Bayesian layers).
+and step, and so does a finite one that exploded (`_check_not_exploded`). Each epoch's test and
+validation error is bayescomp.metrics.error_pct's (eval mode: posterior means for the Bayesian layers).
 Not here: data loading (bayescomp.data), compression and metrics (method.compress, metrics).
 """
 from __future__ import annotations
@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from bayescomp.artifact import ArtifactError, load_plain
 from bayescomp.data import ImageData, augment_crop_flip
 from bayescomp.method import Method
-from bayescomp.models import ArtifactError, load_plain
+from bayescomp.metrics import error_pct
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "linear")
@@ -169,8 +170,8 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
         method.on_epoch_end(model, epoch)
         loss_m, nll_m, pen_m, wrong = (sums / n).tolist()
         _check_not_exploded(nll_m, logits.shape[1], epoch)  # before its checkpoint: that stays the last good one
-        test_err = evaluate(model, test_x, test_y, device)
-        val_err = evaluate(model, data.val_x, data.val_y, device) if len(data.val_x) else float("nan")
+        test_err = error_pct(model, test_x, test_y, device)
+        val_err = error_pct(model, data.val_x, data.val_y, device) if len(data.val_x) else float("nan")
         history.append({"epoch": epoch + 1, "train_loss": loss_m, "train_nll": nll_m, "penalty_per_n": pen_m,
                         "kl_beta": beta, "train_error_pct": 100 * wrong, "test_error_pct": test_err,
                         "val_error_pct": val_err,
@@ -187,23 +188,6 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
                 raise TrainingPaused(epoch + 1, cfg.epochs, checkpoint)
     bar.close()
     return history
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, device: torch.device | str = "cpu",
-             batch_size: int = 1000) -> float:
-    """Top-1 error in percent of `model` in eval mode on uint8 images x: (N, C, H, W)."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    wrong = 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device).float().div_(255)
-        if device.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        wrong += int((model(xb).argmax(1).cpu() != y[i:i + batch_size]).sum())
-    model.train(was_training)
-    return 100.0 * wrong / len(x)
 
 
 def _check_finite(losses: list[Tensor], epoch: int, last_step: int) -> None:

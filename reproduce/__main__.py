@@ -21,7 +21,7 @@ from reproduce.calibrate import KERNELS, calibrate_command
 from reproduce.check import check_command
 from reproduce.executors import EXECUTORS, ExecutorUnavailable
 from reproduce.figures import figures_command
-from reproduce.migrate import migrate
+from reproduce.migrate import migrate_command
 from reproduce.recode import recode_command
 from reproduce.report import report_command
 from reproduce.results import list_command
@@ -33,17 +33,10 @@ from reproduce.tables import table1_command
 from reproduce.trials import trial_command, trials_command
 
 
-def _migrate_command(args: argparse.Namespace, suite: Suite) -> int:
-    """`python -m reproduce migrate`: a line per recorded folder, saying what happened to it."""
-    for exp_id, prof, seed, outcome in migrate(suite, args.results_dir):
-        print(f"{exp_id:<28} {prof:<6} seed{seed}: {outcome}")
-    return 0
-
-
 VERBS: dict[str, Callable[[argparse.Namespace, Suite], int]] = {  # what each verb does, in its own module
     "list": list_command, "run": run_command, "trial": trial_command, "trials": trials_command,
     "table1": table1_command, "check": check_command, "table2": table2_command, "sweep": sweep_command,
-    "calibrate": calibrate_command, "recode": recode_command, "migrate": _migrate_command,
+    "calibrate": calibrate_command, "recode": recode_command, "migrate": migrate_command,
     "figures": figures_command, "bench-train": bench_train_command, "report": report_command}
 
 

@@ -1,8 +1,9 @@
 """Inference speed of the recorded models (Table 2's timings).
 
 inference_bench: forward time of the dense model, of each recorded structurally pruned model and
-of its CSR form (Linear layers as torch.sparse CSR), beside the bound a FLOP count allows; every
-model in its inference form (the input normalisation folded into the first layer where exact).
+of its CSR form (Linear layers as torch.sparse CSR), beside the bound a FLOP count allows (multiply-adds
+counted by bayescomp.metrics.multiply_adds); every model in its inference form (the input
+normalisation folded into the first layer where exact).
 op_profile: where the time of a forward pass goes, by operator. Training cost is
 reproduce/bench_train.py.
 """
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
+from bayescomp.metrics import multiply_adds
 from bayescomp.models import Normalize
 
 
@@ -36,7 +38,6 @@ class SparseLinear(nn.Module):
             warnings.simplefilter("ignore", UserWarning)
             self.register_buffer("weight", w.to_sparse_csr())  # buffers: .to(device) moves them
         self.register_buffer("bias", layer.bias.detach().clone() if layer.bias is not None else None)
-        self.nnz = int(w.count_nonzero())
 
     def forward(self, x: Tensor) -> Tensor:
         y = (self.weight @ x.T).T  # CSR (out, in) @ dense (in, batch)
@@ -89,28 +90,6 @@ def sparse_variant(model: nn.Module) -> nn.Module:
     return out
 
 
-def weight_macs(model: nn.Module, input_shape: tuple[int, ...], *, nonzero: bool) -> int:
-    """Multiply-adds of the weight layers per image: every weight (nonzero=False) or only the
-    nonzero ones of Linear layers (a CSR product skips the zeros; a dense conv does not)."""
-    total = 0
-
-    def hook(mod: nn.Module, _inp: Any, out: Tensor) -> None:
-        nonlocal total
-        if isinstance(mod, nn.Conv2d):
-            total += mod.weight.numel() * out.shape[-1] * out.shape[-2]
-        elif isinstance(mod, nn.Linear):
-            total += int(mod.weight.count_nonzero()) if nonzero else mod.weight.numel()
-        elif isinstance(mod, SparseLinear):
-            total += mod.nnz
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, SparseLinear))]
-    with torch.inference_mode():
-        model.eval()(torch.zeros(1, *input_shape))
-    for h in handles:
-        h.remove()
-    return total
-
-
 def time_forwards(nets: list[nn.Module], x: Tensor, seconds: float = 0.5, min_reps: int = 9,
                   max_reps: int = 300) -> list[dict[str, float]]:
     """Median and interquartile range (ms) of one forward pass of each net on x. After 3 warm-up
@@ -151,14 +130,14 @@ def inference_bench(models: dict[str, dict[str, nn.Module]], input_shapes: dict[
     jobs = []
     for model_name, by_method in models.items():
         by_method = {k: inference_form(v) for k, v in by_method.items()}
-        dense = by_method["dense"]
-        dense_macs = weight_macs(dense, input_shapes[model_name], nonzero=False)
+        dense, shape = by_method["dense"], input_shapes[model_name]
+        dense_macs = multiply_adds(dense, shape)
         for method, small in by_method.items():
-            variants = {"dense": dense} if method == "dense" else {"structured": small}
+            variants = ({"dense": (dense, dense_macs)} if method == "dense"
+                        else {"structured": (small, multiply_adds(small, shape))})
             if method != "dense" and any(isinstance(m, nn.Linear) and bool((m.weight == 0).any()) for m in small.modules()):
-                variants["sparse CSR"] = sparse_variant(small)
-            for variant, net in variants.items():
-                macs = weight_macs(net, input_shapes[model_name], nonzero=variant == "sparse CSR")
+                variants["sparse CSR"] = (sparse_variant(small), multiply_adds(small, shape, nonzero=True))
+            for variant, (net, macs) in variants.items():
                 jobs.append((model_name, method, variant, net.to(dev).eval(), macs, dense_macs))
     cpu_threads = threads if dev.type == "cpu" else (torch.get_num_threads(),)
     rows = []

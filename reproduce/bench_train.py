@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bayescomp.data import ImageData, load_dataset
+from bayescomp.data import DATASETS, ImageData, load_dataset
+from bayescomp.models import MODELS
 from bayescomp.train import TrainConfig, fit
-from reproduce.registry import METHODS, MODELS
+from reproduce.registry import METHODS
 from reproduce.spec import Suite
 
 
@@ -34,8 +35,7 @@ def bench_train_command(args: argparse.Namespace, suite: Suite) -> int:
     spec = suite.resolve(f"{args.model}.dense", "paper")  # its data set
     rows = train_cost(load_dataset(spec.dataset, args.data_dir), args.model, args.methods.split(","), args.repeats)
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    shape = (3, 32, 32) if spec.dataset == "cifar10" else (1, 28, 28)
-    steps = step_breakdown(args.model, args.methods.split(","), input_shape=shape)
+    steps = step_breakdown(args.model, args.methods.split(","), spec.dataset)
     print("\nper training step, by phase (random batch of 128):")
     print(pd.DataFrame(steps).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     return 0
@@ -61,10 +61,13 @@ def train_cost(data: ImageData, model_name: str, methods: list[str], repeats: in
              "batch_size": batch_size} for m, t in times.items()]
 
 
-def step_breakdown(model_name: str, methods: list[str], batch_size: int = 128, input_shape: tuple[int, ...] = (1, 28, 28),
+def step_breakdown(model_name: str, methods: list[str], dataset: str = "mnist", batch_size: int = 128,
                    repeats: int = 100) -> list[dict[str, Any]]:
-    """Milliseconds per training step, by phase, on random data: where a method's extra cost goes;
-    and the step's matrix-product MFLOP (torch's FlopCounterMode), the arithmetic floor of its cost."""
+    """Milliseconds per training step, by phase, on random data shaped as `dataset`'s: where a method's
+    extra cost goes; and the step's matrix-product MFLOP (torch's FlopCounterMode), the arithmetic floor
+    of its cost."""
+    info = DATASETS[dataset]
+
     def clock(fn) -> float:
         for _ in range(10):
             fn()
@@ -77,9 +80,9 @@ def step_breakdown(model_name: str, methods: list[str], batch_size: int = 128, i
     for name in methods:
         torch.manual_seed(0)
         method = METHODS[name]()
-        model = MODELS[model_name](layers=method.layers()).train()
+        model = MODELS[model_name](layers=method.layers(), mean=info.mean, std=info.std).train()
         opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)  # as bayescomp.train
-        x, y = torch.rand(batch_size, *input_shape), torch.randint(0, 10, (batch_size,))
+        x, y = torch.rand(batch_size, *info.shape), torch.randint(0, info.num_classes, (batch_size,))
 
         def forward_backward() -> None:
             opt.zero_grad()

@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bayescomp.data import DATASETS
 from reproduce.check import METRICS, replace_section
 from reproduce.results import atomic_path, calibration_file, load_record, load_result, short_commit, status, write_atomic
 from reproduce.spec import Suite, load_suite
@@ -106,7 +107,7 @@ def derive(frame: pd.DataFrame, suite: Suite, profile: str) -> dict[str, dict[st
     seeds = sorted(int(s) for s in frame["seed"].unique())
     for exp_id, g in frame.groupby("experiment", sort=False):
         spec = suite.resolve(exp_id, profile)
-        n_test = spec.test_subset or 10_000
+        n_test = spec.test_subset or DATASETS[spec.dataset].test_size
         out[exp_id] = {}
         for m in METRICS:
             ranges = g.groupby("seed")[m].agg(lambda v: v.max() - v.min())

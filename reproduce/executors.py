@@ -32,14 +32,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
+from bayescomp.data import DATASETS
 from reproduce.results import recorded_folders, status
 from reproduce.run import run_one
 from reproduce.spec import RunSpec, Suite, load_suite
 
 if TYPE_CHECKING:
     from reproduce.ray_executor import RayExecutor
-
-TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000}  # images in the official training split
 
 
 class ExecutorUnavailable(RuntimeError):
@@ -90,14 +89,14 @@ OVERHEAD_S = 5.0  # data loading, compression, measuring: not proportional to th
 
 
 def _train_images(spec: RunSpec) -> int:
-    full = TRAIN_SIZES.get(spec.dataset, 50_000) - spec.val_size
+    full = DATASETS[spec.dataset].train_size - spec.val_size
     return min(spec.train_subset, full) if spec.train_subset else full
 
 
 def estimate_seconds(spec: RunSpec) -> float:
     """Training time on this CPU: epochs x the spec's measured seconds per full epoch, scaled to the subset."""
     per_epoch = spec.cpu_epoch_seconds or 60.0
-    full = TRAIN_SIZES.get(spec.dataset, 50_000) - spec.val_size
+    full = DATASETS[spec.dataset].train_size - spec.val_size
     return spec.train.epochs * per_epoch * _train_images(spec) / full + OVERHEAD_S
 
 

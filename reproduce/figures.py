@@ -26,12 +26,10 @@ from reproduce.results import (atomic_path, current_specs, load_result, profile_
 from reproduce.spec import Suite  # noqa: E402
 from reproduce.tables import MODEL_TITLES  # noqa: E402
 
-STAT_LABEL = {"bc_gnj": "log α", "bc_ghs": "−log mode of q(z)"}  # until the method classes say it themselves
-
 
 def statistic_label(method: str) -> str:
-    """The axis label of a group-pruning method's statistic: its class's `statistic_label` where it has one."""
-    return getattr(METHODS[method], "statistic_label", None) or STAT_LABEL.get(method, "group statistic")
+    """The axis label of a group-pruning method's statistic (registry.prunes_groups): its class's `statistic_label`."""
+    return METHODS[method].statistic_label
 
 
 # no creation date (nor SOURCE_DATE_EPOCH's) in the PDF; PNG holds none, only the matplotlib version

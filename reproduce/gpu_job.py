@@ -50,8 +50,10 @@ import torch
 
 from bayescomp.bc import bayes_layers
 from bayescomp.data import DataError, ImageData, load_dataset
-from bayescomp.train import evaluate, fit
-from reproduce.registry import METHODS, MODELS
+from bayescomp.metrics import error_pct
+from bayescomp.models import MODELS
+from bayescomp.train import fit
+from reproduce.registry import METHODS
 from reproduce.results import atomic_path, bench_dir, git, profile_suffix, result_dir, status, work_dir, write_atomic
 from reproduce.run import resolve_device
 from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite
@@ -222,7 +224,7 @@ class Job:
             hist = fit(model, method, no_val, dataclasses.replace(spec.train, epochs=2), seed=SEED, device=self.device,
                        progress=False, train_subset=n, test_subset=64)
             t0 = time.perf_counter()
-            evaluate(model, data.val_x[:self.mode.probe_eval], data.val_y[:self.mode.probe_eval], self.device)
+            error_pct(model, data.val_x[:self.mode.probe_eval], data.val_y[:self.mode.probe_eval], self.device)
             eval_s = (time.perf_counter() - t0) / self.mode.probe_eval
             slots = 2 if spec.train.optimizer == "adam" else 1  # optimiser state per parameter
             params = sum(t.numel() * t.element_size() for t in model.state_dict().values())

@@ -18,9 +18,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bayescomp.models import load_plain
+from bayescomp.artifact import load_plain
+from bayescomp.models import MODELS
 from bayescomp.variational import bayes_layers
-from reproduce.registry import METHODS, MODELS, prunes_groups
+from reproduce.registry import METHODS, prunes_groups
 from reproduce.results import artifact, current_specs, profile_suffix, result_dir, write_atomic
 from reproduce.spec import RunSpec, Suite
 

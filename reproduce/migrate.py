@@ -1,4 +1,4 @@
-"""Bring recorded results folders up to a changed spec hash without retraining them.
+"""Bring recorded results folders up to a changed spec hash or metrics format without retraining them.
 
 `python -m reproduce migrate` is idempotent. What it migrates:
 
@@ -12,15 +12,20 @@
   names in its `spec.json` (and in its posterior.pt's `method_args`), with a `migrations` entry.
   A resume point (results/.work/<id>/<profile>/seed<k>/spec_hash) gets the new hash the same way,
   so the run continues from it instead of starting over.
+- metrics format (bayescomp.metrics.METRICS_FORMAT): every metrics.json under the results folder
+  (any profile, trials and kept copies included) of format 1 (no `metrics_format` key) gets its
+  `RENAMED_METRICS` keys renamed in place and `metrics_format` set; nothing else in it changes. A
+  folder whose run holds its lock (being trained, by this code or older code) is left for a rerun;
+  a file written by older code after a migration is format 1 again, and the next rerun migrates it.
 
 A migrated file is rewritten atomically (temporary file, then one rename); spec.json last, so an
 interrupted migration is completed by running it again.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -28,13 +33,26 @@ from typing import Any
 
 import torch
 
-from bayescomp.models import load_plain
-from reproduce.run import artifact, result_dir, status
+from bayescomp.artifact import load_plain
+from bayescomp.metrics import METRICS_FORMAT
+from reproduce.results import (artifact, atomic_path, recorded_folders, result_dir, results_folders, run_lock, status,
+                               write_atomic)
 from reproduce.spec import RunSpec, Suite, SpecError, content_hash
 
 RENAMED_METHOD_ARGS: dict[str, dict[str, str]] = {  # method -> {former key: key now}
     "sparse_vd": {"logvar_lr_mult": "scale_lr_mult"},  # one name for the knob, as BC's
 }
+RENAMED_METRICS = {"flops_dense": "macs_dense", "flops_pruned": "macs_pruned"}  # format 1 -> 2: multiply-adds
+
+
+def migrate_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce migrate`: a line per recorded folder, saying what happened to it; then one per
+    metrics.json."""
+    for exp_id, prof, seed, outcome in migrate(suite, args.results_dir):
+        print(f"{exp_id:<28} {prof:<6} seed{seed}: {outcome}")
+    for folder, outcome in migrate_metrics(args.results_dir):
+        print(f"{folder}/metrics.json: {outcome}")
+    return 0
 
 
 def _depth(suite: Suite, exp_id: str) -> int:
@@ -48,12 +66,6 @@ def _started(record: dict[str, Any]) -> float:
 
 def _finished(record: dict[str, Any]) -> float:
     return datetime.strptime(record["finished"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def migrate_pretrain_hash(suite: Suite, root: Path, spec: RunSpec, seed: int) -> str:
@@ -80,7 +92,7 @@ def migrate_pretrain_hash(suite: Suite, root: Path, spec: RunSpec, seed: int) ->
     record.setdefault("migrations", []).append({
         "from": old, "to": spec.hash, "date": time.strftime("%Y-%m-%d"),
         "why": "the spec hash now covers the pretrain's hash; this run's pretrain is unchanged and current"})
-    _write_json(path, record)
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
     return "migrated"
 
 
@@ -116,9 +128,8 @@ def migrate_renamed_args(root: Path, spec: RunSpec, seed: int) -> str | None:
         obj = load_plain(post, f"restore it (git checkout -- {post}) and migrate again")
         if "method_args" in obj:
             obj["method_args"] = _renamed(spec.method, obj["method_args"])
-            tmp = post.with_name(post.name + ".tmp")
-            torch.save(obj, tmp)
-            os.replace(tmp, post)
+            with atomic_path(post) as tmp:
+                torch.save(obj, tmp)
             entry = record.get("artifacts", {}).get("posterior")
             if entry is not None and entry.get("file") == post.name:  # recorded size and SHA-256
                 entry.update(bytes=post.stat().st_size, sha256=hashlib.sha256(post.read_bytes()).hexdigest())
@@ -128,7 +139,7 @@ def migrate_renamed_args(root: Path, spec: RunSpec, seed: int) -> str | None:
     record.setdefault("migrations", []).append({
         "from": old, "to": spec.hash, "date": time.strftime("%Y-%m-%d"),
         "why": f"method_args renamed ({names}); nothing this run computed changed"})
-    _write_json(path, record)
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
     return f"migrated (method_args renamed: {names})"
 
 
@@ -149,9 +160,7 @@ def migrate_resume_point(suite: Suite, hash_file: Path) -> tuple[str, str, int, 
         return (*where, "current")
     if recorded != _former_hash(spec):
         return (*where, "stale (checkpoint of another spec: the run starts over)")
-    tmp = hash_file.with_name(hash_file.name + ".tmp")
-    tmp.write_text(spec.hash)
-    os.replace(tmp, hash_file)
+    write_atomic(hash_file, spec.hash)
     return (*where, f"migrated (method_args renamed: {_renames_text(spec.method)})")
 
 
@@ -161,16 +170,40 @@ def migrate(suite: Suite, root: Path) -> list[tuple[str, str, int, str]]:
     out = []
     for exp_id in sorted(suite.ids(), key=lambda i: _depth(suite, i)):
         for profile in suite.profiles:
-            base = root / exp_id / profile
-            if not base.is_dir():
+            folders = recorded_folders(root, exp_id, profile)
+            if not folders:
                 continue
             spec = suite.resolve(exp_id, profile)
-            for folder in sorted(base.glob("seed*")):
-                if folder.name[4:].isdigit() and (folder / "spec.json").exists():
-                    seed = int(folder.name[4:])
-                    renamed = None if status(root, spec, seed) == "current" else migrate_renamed_args(root, spec, seed)
-                    out.append((exp_id, profile, seed, renamed or migrate_pretrain_hash(suite, root, spec, seed)))
+            for seed, _ in folders:
+                renamed = None if status(root, spec, seed) == "current" else migrate_renamed_args(root, spec, seed)
+                out.append((exp_id, profile, seed, renamed or migrate_pretrain_hash(suite, root, spec, seed)))
     for hash_file in sorted((root / ".work").glob("*/*/seed*/spec_hash")):
         if hash_file.parts[-4] in suite.experiments and hash_file.parent.name[4:].isdigit():
             out.append(migrate_resume_point(suite, hash_file))
     return out
+
+
+def migrate_metrics(root: Path) -> list[tuple[str, str]]:
+    """Every metrics.json under root brought up to METRICS_FORMAT: (its folder relative to root, outcome)."""
+    return [(str(folder.relative_to(root)), migrate_metrics_file(folder)) for folder in results_folders(root)]
+
+
+def migrate_metrics_file(folder: Path) -> str:
+    """Rename one format-1 metrics.json's RENAMED_METRICS keys in place and record the format; what happened."""
+    path = folder / "metrics.json"
+    with run_lock(folder, wait=False) as free:
+        if not free:
+            return "left for now (its run holds the lock): migrate again when it has finished"
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            return f"left as it is (unreadable: {type(e).__name__}: {e}; restore it with git checkout)"
+        found = metrics.get("metrics_format", 1)
+        if found == METRICS_FORMAT:
+            return "current"
+        if found != 1:
+            return f"left as it is (metrics format {found}: this code migrates format 1 to {METRICS_FORMAT})"
+        renamed = {RENAMED_METRICS.get(k, k): v for k, v in metrics.items()}
+        write_atomic(path, json.dumps({"metrics_format": METRICS_FORMAT, **renamed}, indent=2) + "\n")
+        names = ", ".join(f"{a} -> {b}" for a, b in RENAMED_METRICS.items() if a in metrics)
+        return f"migrated (metrics format 1 -> {METRICS_FORMAT}{': ' + names if names else ''})"

@@ -20,9 +20,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bayescomp.artifact import load_plain
 from bayescomp.metrics import artifact_metrics
-from bayescomp.models import load_model, load_plain
-from reproduce.results import WEIGHT_FILES, artifact, run_lock, sized_name, staged_dir
+from bayescomp.models import load_model
+from reproduce.results import (WEIGHT_FILES, artifact, check_metrics_format, results_folders, run_lock, sized_name,
+                               staged_dir)
 from reproduce.spec import Suite
 
 
@@ -34,18 +36,6 @@ def recode_command(args: argparse.Namespace, suite: Suite) -> int:
             print(f"{r['folder']}: skipped, {r['skipped']}", file=sys.stderr)
     print(format_rows(rows))
     return 0
-
-
-def results_folders(root: Path, profile: str | None = None) -> list[Path]:
-    """Every <id>/<profile>/seed<k> folder with a metrics.json under root (hidden folders excluded)."""
-    found = []
-    for m in root.rglob("metrics.json"):
-        folder = m.parent
-        rel = folder.relative_to(root).parts
-        if (folder.name.startswith("seed") and len(rel) >= 3 and not any(p.startswith(".") for p in rel)
-                and (profile is None or folder.parent.name == profile)):
-            found.append(folder)
-    return sorted(found)
 
 
 def recode(root: Path, profile: str | None = None) -> list[dict[str, Any]]:
@@ -63,6 +53,7 @@ def recode_folder(folder: Path, root: Path) -> dict[str, Any]:
         if not free:
             return {**row, "skipped": "being trained (its run holds the lock); recode it when the run ends"}
         metrics = json.loads((folder / "metrics.json").read_text())
+        check_metrics_format(folder / "metrics.json", metrics, root)
         name = load_plain(model_path, "restore it from git or rerun the experiment")["model"]
         with staged_dir(folder.with_name(f".recode-{folder.name}-{os.getpid()}"), folder) as tmp:
             shutil.copytree(folder, tmp, copy_function=os.link, dirs_exist_ok=True,

@@ -1,6 +1,7 @@
-"""Every name an experiment may use, as literal dicts: models, data sets, methods; and what the harness
-reads off a registered method's class (whether it has a posterior, prunes groups, trains like another),
-so that sweeps, figures and Table 2 take a new method in without a list of ids to extend."""
+"""The methods an experiment may name, as a literal dict; and what the harness reads off a registered
+method's class (whether it has a posterior, prunes groups, trains like another), so that sweeps,
+figures and Table 2 take a new method in without a list of ids to extend. The models an experiment may
+name are bayescomp.models.MODELS, the data sets bayescomp.data.DATASETS (the library needs them too)."""
 from __future__ import annotations
 
 from baselines.deep_compression import DeepCompression
@@ -8,20 +9,11 @@ from baselines.magnitude import MagnitudePruning
 from baselines.random_pruning import RandomPruning
 from baselines.sparse_vd import SparseVD
 from bayescomp.bc import BayesianCompression, BCGroupHS, BCGroupNJ
-from bayescomp.method import DENSE, Dense, Method
-from bayescomp.models import lenet5_caffe, lenet300, vgg_cifar
+from bayescomp.method import Dense, Method
+from bayescomp.models import DENSE
 
-MODELS = {"lenet300": lenet300, "lenet5_caffe": lenet5_caffe, "vgg_cifar": vgg_cifar}
-DATASETS = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # name -> input shape
 METHODS = {"dense": Dense, "bc_gnj": BCGroupNJ, "bc_ghs": BCGroupHS, "magnitude": MagnitudePruning,
            "deep_compression": DeepCompression, "sparse_vd": SparseVD, "random": RandomPruning}
-
-
-def get(registry: dict, name: str, what: str):
-    """registry[name], or a ValueError listing the valid names."""
-    if name not in registry:
-        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(registry)}")
-    return registry[name]
 
 
 def has_posterior(method: Method) -> bool:
@@ -32,7 +24,8 @@ def has_posterior(method: Method) -> bool:
 
 def prunes_groups(name: str) -> bool:
     """Whether method `name` removes whole units and filters by a per-group statistic against thresholds
-    that it records in details.json (bayescomp.bc.BayesianCompression): Bayesian Compression's pruning."""
+    that it records in details.json (bayescomp.bc.BayesianCompression): Bayesian Compression's pruning.
+    Sparse VD, variational too, prunes single weights: not this."""
     return issubclass(METHODS[name], BayesianCompression)
 
 

@@ -11,7 +11,9 @@ the check's calibration in results/check/. Generated tables and figures of a pro
 Writing: a results folder appears whole or not at all (`staged_dir`: written beside, moved into
 place in one rename), and so does every generated or rewritten file (`atomic_path`,
 `write_atomic`). Reading: `status` (current, stale or missing), `load_result`, `load_record`, the
-current seeds of a spec, and the provenance of a record. This module trains nothing (run.py does).
+current seeds of a spec, and the provenance of a record. A metrics.json of an older format
+(bayescomp.metrics.METRICS_FORMAT) is refused, naming `python -m reproduce migrate`, which brings it
+up. This module trains nothing (run.py does).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import torch
 
+from bayescomp.metrics import METRICS_FORMAT
 from reproduce.spec import RunSpec, Suite
 
 RESULT_FILES = ("spec.json", "history.csv", "metrics.json")  # + details.json, model.pt, posterior.pt
@@ -79,6 +82,19 @@ def recorded_folders(root: Path, exp_id: str, profile: str) -> list[tuple[int, P
     base = root / exp_id / profile
     return [(int(f.name[4:]), f) for f in sorted(base.glob("seed*"))
             if f.name[4:].isdigit() and (f / "spec.json").exists()] if base.is_dir() else []
+
+
+def results_folders(root: Path, profile: str | None = None) -> list[Path]:
+    """Every <id>/<profile>/seed<k> folder with a metrics.json under root, at any depth (e.g. a
+    calibration's <work>/<kernels>/...), hidden folders (.work, staging) excluded; only `profile`'s if given."""
+    found = []
+    for m in root.rglob("metrics.json"):
+        folder = m.parent
+        rel = folder.relative_to(root).parts
+        if (folder.name.startswith("seed") and len(rel) >= 3 and not any(p.startswith(".") for p in rel)
+                and (profile is None or folder.parent.name == profile)):
+            found.append(folder)
+    return sorted(found)
 
 
 # ---------------------------------------------------------------- artifacts
@@ -201,11 +217,22 @@ def load_result(root: Path, spec: RunSpec, seed: int) -> dict[str, Any]:
     it is damaged or records a non-finite metric (NaN or infinity is never a result)."""
     path = result_dir(root, spec.id, spec.profile, seed) / "metrics.json"
     metrics = _read_json(path, spec, seed)
+    check_metrics_format(path, metrics, root)
     bad = [k for k, v in metrics.items() if not k.startswith("info_") and isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise ValueError(f"{path} records {bad[0]} = {metrics[bad[0]]}, which is not a valid result; "
                          + _redo(spec, seed, path.parent))
     return metrics
+
+
+def check_metrics_format(path: Path, metrics: dict[str, Any], root: Path) -> None:
+    """A ValueError naming `python -m reproduce migrate` if metrics.json `path` (under results root `root`)
+    is not of the format this code reads, METRICS_FORMAT (format 1 has no `metrics_format` key)."""
+    found = metrics.get("metrics_format", 1)
+    if found != METRICS_FORMAT:
+        raise ValueError(f"{path} is in metrics format {found}, this code reads format {METRICS_FORMAT} (multiply-adds "
+                         f"as macs_dense/macs_pruned, formerly flops_*): bring it up without retraining with "
+                         f"`python -m reproduce migrate --results-dir {root}`")
 
 
 def load_record(root: Path, spec: RunSpec, seed: int) -> dict[str, Any]:

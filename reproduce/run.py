@@ -26,9 +26,9 @@ import torch
 
 from bayescomp.data import load_dataset
 from bayescomp.metrics import summarize
-from bayescomp.models import load_model, model_record
+from bayescomp.models import MODELS, load_model, model_record
 from bayescomp.train import fit
-from reproduce.registry import METHODS, MODELS, has_posterior
+from reproduce.registry import METHODS, has_posterior
 from reproduce.results import (artifact, code_version, load_result, result_dir, run_lock, save_artifact, sized_name,
                                staged_dir, staging_dir, status, work_dir)
 from reproduce.spec import RunSpec, Suite
@@ -165,7 +165,3 @@ def _segments(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             out.append({**where, "epochs": [h["epoch"], h["epoch"]]})
     return out
-
-
-def env_summary() -> str:
-    return f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.get_num_threads()} threads"

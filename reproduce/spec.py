@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bayescomp.data import DATASETS
+from bayescomp.models import MODELS
 from bayescomp.train import TrainConfig
-from reproduce.registry import DATASETS, METHODS, MODELS
+from reproduce.registry import METHODS
 
 DEFAULT_TOML = Path(__file__).with_name("experiments.toml")
 RESULTS_FORMAT = 1  # bump when a change to the code invalidates every recorded result

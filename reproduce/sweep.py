@@ -24,11 +24,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from bayescomp.artifact import load_plain
 from bayescomp.data import ImageData, load_dataset
-from bayescomp.metrics import summarize
 from bayescomp.method import Method
-from bayescomp.models import load_plain
-from reproduce.registry import METHODS, MODELS
+from bayescomp.metrics import summarize
+from bayescomp.models import MODELS
+from reproduce.registry import METHODS
 from reproduce.results import artifact, result_dir, status, write_atomic
 from reproduce.spec import RunSpec, Suite
 

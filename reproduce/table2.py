@@ -23,13 +23,13 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bayescomp.data import load_dataset  # noqa: E402
+from bayescomp.data import DATASETS, load_dataset  # noqa: E402
 from bayescomp.method import Dense  # noqa: E402
 from bayescomp.models import load_model  # noqa: E402
 from reproduce.bench_inference import inference_bench, op_profile  # noqa: E402
 from reproduce.bench_train import peak_training_memory, train_cost  # noqa: E402
 from reproduce.figures import save_figures  # noqa: E402
-from reproduce.registry import DATASETS, METHODS, has_posterior, prunes_groups, trains_like  # noqa: E402
+from reproduce.registry import METHODS, has_posterior, prunes_groups, trains_like  # noqa: E402
 from reproduce.results import (artifact, bench_dir, bench_dirs, code_version, current_specs, provenance,  # noqa: E402
                                result_dir, write_atomic)
 from reproduce.run import resolve_device  # noqa: E402
@@ -60,7 +60,7 @@ def _op_profile_command(args: argparse.Namespace, suite: Suite) -> int:
     models, _ = recorded_models(suite, args.profile, args.results_dir)
     if args.op_profile not in models:
         raise ValueError(f"--op-profile {args.op_profile}: no recorded models; with models: {', '.join(models)}")
-    shape = DATASETS[suite.resolve(f"{args.op_profile}.dense", args.profile).dataset]
+    shape = DATASETS[suite.resolve(f"{args.op_profile}.dense", args.profile).dataset].shape
     frame = op_profile(models[args.op_profile], shape)
     out = bench_dir(args.results_dir, "cpu") / f"op_profile_{args.op_profile}.csv"
     write_atomic(out, frame.to_csv(index_label="operator"))
@@ -111,7 +111,7 @@ def measure(suite: Suite, profile: str, root: Path, device: str, data_dir: str |
     if not models:
         raise FileNotFoundError(f"no recorded models under {root} for profile {profile!r}: run `python -m reproduce "
                                 f"table1 --profile {profile}` first")
-    shapes = {m: DATASETS[suite.resolve(f"{m}.dense", profile).dataset] for m in models}
+    shapes = {m: DATASETS[suite.resolve(f"{m}.dense", profile).dataset].shape for m in models}
     rows = inference_bench(models, shapes, threads=threads, device=device, progress=progress)
     train_rows = []
     for model_name in models:

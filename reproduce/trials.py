@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bayescomp.models import load_plain  # noqa: E402
+from bayescomp.artifact import load_plain  # noqa: E402
 from reproduce.figures import save_figures  # noqa: E402
 from reproduce.results import load_result, result_dir, status, work_dir, write_atomic  # noqa: E402
 from reproduce.run import metrics_line, parse_deadline, run_one  # noqa: E402

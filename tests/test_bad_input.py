@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bayescomp.metrics import METRICS_FORMAT
 from reproduce.__main__ import main
 from reproduce.results import result_dir
 from reproduce.spec import load_suite
@@ -43,7 +44,8 @@ def _recorded(spec_file: Path, exp_id: str, **files: bytes | str) -> Path:
     folder = result_dir(spec_file.parent / "results", exp_id, "quick", 0)
     folder.mkdir(parents=True)
     defaults = {"spec.json": json.dumps({"spec_hash": spec.hash}), "history.csv": "epoch\n1\n",
-                "metrics.json": json.dumps({"error_pct": 2.0, "nonzero_pct": 10.0, "cr_fast": 5.0})}
+                "metrics.json": json.dumps({"metrics_format": METRICS_FORMAT, "error_pct": 2.0, "nonzero_pct": 10.0,
+                                            "cr_fast": 5.0})}
     for name, content in {**defaults, **files}.items():
         (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     return folder
@@ -124,7 +126,8 @@ def test_a_posterior_file_that_would_run_code_is_refused_with_our_message(spec_f
 @pytest.mark.parametrize("name, content, problem", [
     ("spec.json", '{"spec_hash": "ab', "is unreadable (JSONDecodeError: "),
     ("metrics.json", '{"error_pct": 1.', "is unreadable (JSONDecodeError: "),
-    ("metrics.json", '{"error_pct": NaN, "nonzero_pct": 10.0}', "records error_pct = nan, which is not a valid result"),
+    ("metrics.json", f'{{"metrics_format": {METRICS_FORMAT}, "error_pct": NaN, "nonzero_pct": 10.0}}',
+     "records error_pct = nan, which is not a valid result"),
 ])
 def test_a_damaged_results_file_is_named_and_no_table_is_written(spec_file, capsys, name, content, problem):
     folder = _recorded(spec_file, "lenet300.dense", **{name: content})

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from bayescomp.artifact import load_plain
 from bayescomp.coding import StoredLayer, decode, decode_bytes, encode, encode_model, read_layers
 from bayescomp.entropy import (canonical_codes, decode_stream, encode_stream, huffman_lengths, read_varint,
                                unzigzag, varint, zigzag)
 from bayescomp.metrics import artifact_metrics
-from bayescomp.models import load_model, load_plain
+from bayescomp.models import load_model
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 RECORDED = sorted(p.parent for p in RESULTS.glob("*/*/seed*/model.pt") if not any(s.startswith(".") for s in p.parts[-4:]))

@@ -9,9 +9,9 @@ import torch
 
 from bayescomp.method import Compressed
 from bayescomp.metrics import summarize
-from bayescomp.models import prunable_layers
+from bayescomp.models import MODELS, prunable_layers
 from bayescomp.train import TrainConfig, fit
-from reproduce.registry import METHODS, MODELS
+from reproduce.registry import METHODS
 
 
 @pytest.mark.parametrize("name", list(METHODS))

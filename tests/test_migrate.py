@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
+from bayescomp.metrics import METRICS_FORMAT
 from reproduce.__main__ import main
-from reproduce.migrate import migrate
-from reproduce.results import result_dir, status
+from reproduce.migrate import migrate, migrate_metrics
+from reproduce.results import load_result, result_dir, run_lock, status
 from reproduce.spec import content_hash, load_suite
 from tests.test_reproduce import BC, TINY
 
@@ -134,3 +135,57 @@ def test_migrate_relabels_results_and_resume_points_recorded_under_a_renamed_met
     assert (work / bc.id / "quick" / "seed0" / "spec_hash").read_text() == bc.hash
     again = {(i, p, s): o for i, p, s, o in migrate(suite, root)}  # idempotent
     assert again[(svd.id, "quick", 0)] == "current" and again[(svd.id, ".work/quick", 0)] == "current"
+
+
+FORMAT_1 = {"error_pct": 1.7, "nonzero_pct": 8.25, "architecture": "784-300-100", "cr_fast": 12.5,
+            "flops_dense": 266200, "flops_pruned": 34691, "test_images": 10000, "coding": [{"dense": 235200}]}
+
+
+def test_migrate_renames_format_1_metrics_in_place_and_is_idempotent_also_for_files_written_later(tmp_path):
+    """Format 1 (no metrics_format) named the multiply-adds flops_*: renamed in place, nothing else changes;
+    a rerun changes nothing, and migrates a format-1 file that older code wrote after the first run."""
+    root = tmp_path / "results"
+    folders = [root / "lenet300.dense" / "paper" / "seed0", root / "lenet300.bc_gnj" / "trial.x" / "seed1"]
+    for d in folders:
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(FORMAT_1, indent=2) + "\n")
+    (root / ".work" / "x" / "paper" / "seed0").mkdir(parents=True)  # hidden: never a results folder
+    (root / ".work" / "x" / "paper" / "seed0" / "metrics.json").write_text("{}")
+
+    outcomes = dict(migrate_metrics(root))
+    assert outcomes == {"lenet300.bc_gnj/trial.x/seed1": "migrated (metrics format 1 -> 2: flops_dense -> macs_dense, "
+                                                         "flops_pruned -> macs_pruned)",
+                        "lenet300.dense/paper/seed0": outcomes["lenet300.bc_gnj/trial.x/seed1"]}
+    text = (folders[0] / "metrics.json").read_text()
+    renamed = {"macs_dense" if k == "flops_dense" else "macs_pruned" if k == "flops_pruned" else k: v
+               for k, v in FORMAT_1.items()}
+    assert text == json.dumps({"metrics_format": METRICS_FORMAT, **renamed}, indent=2) + "\n"  # same order and values
+    assert dict(migrate_metrics(root)) == {str(d.relative_to(root)): "current" for d in folders}
+    assert (folders[0] / "metrics.json").read_text() == text
+
+    (folders[0] / "metrics.json").write_text(json.dumps(FORMAT_1, indent=2) + "\n")  # older code ran it again
+    with run_lock(folders[1], wait=False):  # a run holds this one: left for the next rerun
+        again = dict(migrate_metrics(root))
+    assert again["lenet300.dense/paper/seed0"].startswith("migrated")
+    assert again["lenet300.bc_gnj/trial.x/seed1"].startswith("left for now (its run holds the lock)")
+    assert (folders[0] / "metrics.json").read_text() == text
+
+
+def test_tables_refuse_format_1_metrics_naming_migrate_which_fixes_them(tmp_path, capsys):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC)
+    suite = load_suite(path)
+    dense = suite.resolve("lenet300.dense", "quick")
+    root = tmp_path / "results"
+    _record(root, dense, 0, dense.hash, "2026-01-01T10:00:00+0000", 30)
+    metrics = result_dir(root, dense.id, "quick", 0) / "metrics.json"
+    metrics.write_text(json.dumps({**FORMAT_1, "bits": "32-32-32", "cr_max": 1.0}))
+    common = ["--spec", str(path), "--results-dir", str(root), "--figures-dir", str(tmp_path / "fig")]
+    assert main(["table1", "--profile", "quick", "--no-train", *common]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {metrics} is in metrics format 1, this code reads format {METRICS_FORMAT}" in err
+    assert f"python -m reproduce migrate --results-dir {root}" in err
+    assert main(["migrate", *common]) == 0
+    assert "lenet300.dense/quick/seed0/metrics.json: migrated" in capsys.readouterr().out
+    assert load_result(root, dense, 0)["macs_dense"] == 266200
+

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bayescomp.models import (BUILDERS, ArtifactError, count_weights, lenet5_caffe, lenet300, load_model, model_record,
-                              vgg_cifar)
+from bayescomp.artifact import ArtifactError
+from bayescomp.models import MODELS, count_weights, lenet5_caffe, lenet300, load_model, model_record, vgg_cifar
 
 
 @pytest.mark.parametrize("build, weights", [(lenet300, 266_200), (lenet5_caffe, 430_500), (vgg_cifar, 14_977_728)])
@@ -19,7 +19,7 @@ def test_lenet300_count_with_biases():
 @pytest.mark.parametrize("name, shape", [("lenet300", (1, 28, 28)), ("lenet5_caffe", (1, 28, 28)),
                                           ("vgg_cifar", (3, 32, 32))])
 def test_models_map_images_to_ten_logits(name, shape):
-    assert BUILDERS[name]().eval()(torch.rand(2, *shape)).shape == (2, 10)
+    assert MODELS[name]().eval()(torch.rand(2, *shape)).shape == (2, 10)
 
 
 def test_model_record_round_trips_without_code(tmp_path):
@@ -56,15 +56,15 @@ IMAGE_SHAPES = {"lenet300": (1, 28, 28), "lenet5_caffe": (1, 28, 28), "vgg_cifar
 
 
 @pytest.mark.parametrize("form", ["dense", "exported"])
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_takes_image_batches_and_flat_ones_only_if_an_mlp(tmp_path, name, form):
     """An exported (pruned) model behaves as the dense one: a flat batch is read as images by the MLP and
     refused by the conv nets, never broadcast against the normalisation buffers into one row."""
     if form == "dense":
-        model = BUILDERS[name]().eval()
+        model = MODELS[name]().eval()
     else:  # pruned widths, with InputSelect, saved and reloaded as a results folder's model.pt
         path = tmp_path / "model.pt"
-        torch.save(model_record(BUILDERS[name](widths=PRUNED_WIDTHS[name]), name, PRUNED_WIDTHS[name]), path)
+        torch.save(model_record(MODELS[name](widths=PRUNED_WIDTHS[name]), name, PRUNED_WIDTHS[name]), path)
         model = load_model(path)
     c, h, w = IMAGE_SHAPES[name]
     images = torch.rand(3, c, h, w)

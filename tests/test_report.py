@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bayescomp.metrics import METRICS_FORMAT
 from reproduce.report import QUOTE, QuoteError, refresh, refresh_quotes, toc, verdicts
 from reproduce.spec import load_suite
 
@@ -50,7 +51,7 @@ def _record(root: Path, suite, exp_id: str, seed: int, **metrics) -> None:
     d.mkdir(parents=True)
     (d / "spec.json").write_text(json.dumps({"spec_hash": spec.hash}))
     (d / "history.csv").write_text("epoch\n1\n")
-    (d / "metrics.json").write_text(json.dumps(metrics))
+    (d / "metrics.json").write_text(json.dumps({"metrics_format": METRICS_FORMAT, **metrics}))
 
 
 @pytest.mark.parametrize("cr, verdict", [(30.0, "reproduced"), (25.0, "close"), (20.0, "not reproduced")])

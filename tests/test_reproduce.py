@@ -14,7 +14,7 @@ import torch
 
 from bayescomp import load_model
 from bayescomp.data import load_dataset
-from bayescomp.train import evaluate
+from bayescomp.metrics import METRICS_FORMAT, error_pct
 from reproduce.__main__ import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,15 +68,16 @@ def test_run_records_everything_and_the_model_reloads_safely(spec_file, tmp_path
                                                     "spec.json"]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("error_pct", "nonzero_pct", "architecture", "bits", "cr_fast", "cr_max", "artifact_bytes",
-                "flops_dense", "flops_pruned"):
+                "macs_dense", "macs_pruned"):
         assert key in metrics
+    assert metrics["metrics_format"] == METRICS_FORMAT
     spec = json.loads((out / "spec.json").read_text())
     assert spec["torch"] == torch.__version__ and len(spec["spec_hash"]) == 16 and spec["wall_seconds"] > 0
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
     # anyone can re-check the error from model.pt alone
     data = load_dataset("mnist", data_dir).subset(test=500)  # the run's test_subset
     model = load_model(out / "model.pt")
-    assert evaluate(model, data.test_x, data.test_y) == metrics["error_pct"]
+    assert error_pct(model, data.test_x, data.test_y) == metrics["error_pct"]
 
 
 def test_changed_spec_makes_results_stale_and_keeps_them_out_of_the_table(spec_file, tmp_path, data_dir, capsys):
