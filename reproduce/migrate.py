@@ -12,6 +12,10 @@
   names in its `spec.json` (and in its posterior.pt's `method_args`), with a `migrations` entry.
   A resume point (results/.work/<id>/<profile>/seed<k>/spec_hash) gets the new hash the same way,
   so the run continues from it instead of starting over.
+- method_args given explicitly at their default: a result (or resume point) whose recorded hash equals
+  its spec's hash with every method_args key whose value is the method's default left out was computed
+  by the very same method (the key now only spells out what the code assumed), and gets the new hash
+  the same way. Trials' results are covered too.
 - metrics format (bayescomp.metrics.METRICS_FORMAT): every metrics.json under the results folder
   (any profile, trials and kept copies included) of format 1 (no `metrics_format` key) gets its
   `RENAMED_METRICS` keys renamed in place and `metrics_format` set; nothing else in it changes. A
@@ -24,7 +28,9 @@ interrupted migration is completed by running it again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import itertools
 import json
 import time
 from datetime import datetime
@@ -35,6 +41,7 @@ import torch
 
 from bayescomp.artifact import load_plain
 from bayescomp.metrics import METRICS_FORMAT
+from reproduce.registry import METHODS
 from reproduce.results import (artifact, atomic_path, recorded_folders, result_dir, results_folders, run_lock, status,
                                write_atomic)
 from reproduce.spec import RunSpec, Suite, SpecError, content_hash
@@ -81,7 +88,7 @@ def migrate_pretrain_hash(suite: Suite, root: Path, spec: RunSpec, seed: int) ->
     old = content_hash(without)
     if record.get("spec_hash") != old:
         return "stale (recorded under another spec: retrain it)"
-    pre = suite.resolve(spec.pretrain, spec.profile)
+    pre = suite.resolve(spec.pretrain, spec.pretrain_profile or spec.profile)
     if status(root, pre, seed) != "current":
         return f"stale (its pretrain {pre.id} seed {seed} is not current: retrain both)"
     pre_record = json.loads((result_dir(root, pre.id, pre.profile, seed) / "spec.json").read_text())
@@ -113,6 +120,42 @@ def _former_hash(spec: RunSpec) -> str | None:
         return None
     return content_hash({**spec.hashed_content(),
                          "method_args": {former.get(k, k): v for k, v in spec.method_args.items()}})
+
+
+def _without_defaults_hashes(spec: RunSpec) -> dict[str, list[str]]:
+    """The hashes of `spec` with some of the method_args keys that merely restate the method's default
+    left out (each non-empty subset of them): hash -> the keys left out."""
+    defaults = {f.name: f.default for f in dataclasses.fields(METHODS[spec.method])
+                if f.default is not dataclasses.MISSING}
+    restated = [k for k, v in spec.method_args.items() if k in defaults and defaults[k] == v]
+    out = {}
+    for n in range(1, len(restated) + 1):
+        for dropped in itertools.combinations(restated, n):
+            kept = {k: v for k, v in spec.method_args.items() if k not in dropped}
+            out[content_hash({**spec.hashed_content(), "method_args": kept})] = list(dropped)
+    return out
+
+
+def _restated_text(spec: RunSpec, keys: list[str]) -> str:
+    return ", ".join(f"{k} = {spec.method_args[k]!r}" for k in keys)
+
+
+def migrate_explicit_defaults(root: Path, spec: RunSpec, seed: int) -> str | None:
+    """Relabel one results folder recorded before method_args keys were written out at their defaults; None
+    if it was not."""
+    path = result_dir(root, spec.id, spec.profile, seed) / "spec.json"
+    record = json.loads(path.read_text())
+    old = record.get("spec_hash")
+    keys = _without_defaults_hashes(spec).get(old)
+    if keys is None:
+        return None
+    record["spec_hash"] = spec.hash
+    record["spec"]["method_args"] = spec.method_args
+    record.setdefault("migrations", []).append({
+        "from": old, "to": spec.hash, "date": time.strftime("%Y-%m-%d"),
+        "why": f"method_args now state their defaults ({_restated_text(spec, keys)}); nothing this run computed changed"})
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
+    return f"migrated (method_args now state their defaults: {_restated_text(spec, keys)})"
 
 
 def migrate_renamed_args(root: Path, spec: RunSpec, seed: int) -> str | None:
@@ -158,6 +201,10 @@ def migrate_resume_point(suite: Suite, hash_file: Path) -> tuple[str, str, int, 
     recorded = hash_file.read_text().strip()
     if recorded == spec.hash:
         return (*where, "current")
+    keys = _without_defaults_hashes(spec).get(recorded)
+    if keys is not None:
+        write_atomic(hash_file, spec.hash)
+        return (*where, f"migrated (method_args now state their defaults: {_restated_text(spec, keys)})")
     if recorded != _former_hash(spec):
         return (*where, "stale (checkpoint of another spec: the run starts over)")
     write_atomic(hash_file, spec.hash)
@@ -173,13 +220,24 @@ def migrate(suite: Suite, root: Path) -> list[tuple[str, str, int, str]]:
             folders = recorded_folders(root, exp_id, profile)
             if not folders:
                 continue
-            spec = suite.resolve(exp_id, profile)
-            for seed, _ in folders:
-                renamed = None if status(root, spec, seed) == "current" else migrate_renamed_args(root, spec, seed)
-                out.append((exp_id, profile, seed, renamed or migrate_pretrain_hash(suite, root, spec, seed)))
+            out += _migrate_folders(suite, root, suite.resolve(exp_id, profile), folders)
+    for name in suite.trials:
+        spec = suite.resolve_trial(name)
+        out += _migrate_folders(suite, root, spec, recorded_folders(root, spec.id, spec.profile))
     for hash_file in sorted((root / ".work").glob("*/*/seed*/spec_hash")):
         if hash_file.parts[-4] in suite.experiments and hash_file.parent.name[4:].isdigit():
             out.append(migrate_resume_point(suite, hash_file))
+    return out
+
+
+def _migrate_folders(suite: Suite, root: Path, spec: RunSpec, folders: list[tuple[int, Path]]
+                     ) -> list[tuple[str, str, int, str]]:
+    out = []
+    for seed, _ in folders:
+        done = None
+        if status(root, spec, seed) != "current":
+            done = migrate_renamed_args(root, spec, seed) or migrate_explicit_defaults(root, spec, seed)
+        out.append((spec.id, spec.profile, seed, done or migrate_pretrain_hash(suite, root, spec, seed)))
     return out
 
 
