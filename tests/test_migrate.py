@@ -189,3 +189,39 @@ def test_tables_refuse_format_1_metrics_naming_migrate_which_fixes_them(tmp_path
     assert "lenet300.dense/quick/seed0/metrics.json: migrated" in capsys.readouterr().out
     assert load_result(root, dense, 0)["macs_dense"] == 266200
 
+
+
+TRIAL = '''
+[[trial]]
+name = "t"
+experiment = "lenet300.bc_ghs"
+base = "quick"
+set = { epochs = 2, method_args = { scale_lr_mult = 1 } }
+'''
+
+
+def test_migrate_relabels_results_and_resume_points_whose_method_args_now_state_their_defaults(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC + TRIAL)
+    before = load_suite(path)
+    root = tmp_path / "results"
+    # a trial result and a quick resume point, recorded before the defaults were written out
+    trial = before.resolve_trial("t")
+    _record(root, trial, 0, trial.hash, "2026-01-01T10:00:00+0000", 60)
+    quick = before.resolve("lenet300.bc_ghs", "quick")
+    (root / ".work" / quick.id / "quick" / "seed0").mkdir(parents=True)
+    (root / ".work" / quick.id / "quick" / "seed0" / "spec_hash").write_text(quick.hash)
+    # now BC's default clip_var = 0.04 is spelt out, in the experiment and in the trial
+    path.write_text((TINY + BC + TRIAL).replace('method = "bc_ghs"\n', 'method = "bc_ghs"\nmethod_args = { clip_var = 0.04 }\n')
+                    .replace("scale_lr_mult = 1 }", "scale_lr_mult = 1, clip_var = 0.04 }"))
+    after = load_suite(path)
+    assert after.resolve_trial("t").hash != trial.hash
+    lines = {(p, o) for _, p, _, o in migrate(after, root)}
+    assert ("trial.t", "migrated (method_args now state their defaults: clip_var = 0.04)") in lines
+    assert (".work/quick", "migrated (method_args now state their defaults: clip_var = 0.04)") in lines
+    assert status(root, after.resolve_trial("t"), 0) == "current"
+    assert (root / ".work" / quick.id / "quick" / "seed0" / "spec_hash").read_text() == after.resolve(quick.id, "quick").hash
+    assert {o for _, _, _, o in migrate(after, root)} == {"current"}  # idempotent
+    # a real change is never relabelled
+    path.write_text((TINY + BC + TRIAL).replace("scale_lr_mult = 1 }", "scale_lr_mult = 2 }"))
+    assert any(o.startswith("stale") for _, p, _, o in migrate(load_suite(path), root) if p == "trial.t")
