@@ -255,44 +255,62 @@ class _ConvLRT(torch.autograd.Function):
 
     The same arithmetic as autograd of that expression, operation for operation and in the order
     autograd accumulates the gradient of z (tested bit for bit against it), with fewer temporaries of
-    the output's size: their elementwise passes dominate a BC step beside the convolutions.
+    the output's size: their elementwise passes dominate a BC step beside the convolutions. As in
+    autograd, the output-sized intermediates are released before the convolutions' backward (a
+    second backward, with retain_graph, recomputes them).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, z: Tensor, w_mu: Tensor, w_logvar: Tensor, b_mu: Tensor,  # type: ignore[override]
                 b_logvar: Tensor, geometry: tuple[tuple[int, int], ...]) -> Tensor:
         w_var, b_var = w_logvar.exp(), b_logvar.exp()
-        x2 = x * x
-        m = F.conv2d(x, w_mu, b_mu, *geometry)
-        v = F.conv2d(x2, w_var, b_var, *geometry)
         z = z[:, :, None, None]
-        vz = v * z
-        sd = (vz * z).add_(EPS).sqrt_()
+        x2, m, v, vz, sd = _conv_lrt_moments(x, z, w_mu, b_mu, w_var, b_var, geometry)
         eps = torch.randn_like(sd)
         out = (sd * eps).add_(m * z)
         ctx.geometry = geometry
-        ctx.save_for_backward(x, x2, z, w_mu, w_var, b_var, m, v, vz, sd, eps)
+        ctx.save_for_backward(x, z, w_mu, b_mu, w_var, b_var, eps)
+        ctx.moments = x2, m, v, vz, sd  # not saved tensors: backward releases them
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, x2, z, w_mu, w_var, b_var, m, v, vz, sd, eps = ctx.saved_tensors
-        g_s = (g * eps).div_(2 * sd)  # ∂/∂(v z²) of √(v z² + EPS) ε
-        g_vz = g_s * z
-        g_v = g_vz * z
-        # ∂/∂z: the three products' terms, each summed over the filter's positions, added in autograd's order
-        g_z = g_s.mul_(vz).sum((2, 3), keepdim=True)
-        g_z += g_vz.mul_(v).sum((2, 3), keepdim=True)
-        g_z += torch.mul(g, m, out=g_vz).sum((2, 3), keepdim=True)
-        g_m = g * z
+        x, z, w_mu, b_mu, w_var, b_var, eps = ctx.saved_tensors
+        x2, *moments = ctx.moments or _conv_lrt_moments(x, z, w_mu, b_mu, w_var, b_var, ctx.geometry)
+        ctx.moments = None
+        g_z, g_m, g_v = _conv_lrt_grads(g, z, eps, *moments)
+        del moments  # released before the convolutions' backward, as autograd does
         stride, padding, dilation = ctx.geometry
         need_x = ctx.needs_input_grad[0]
-        gx_m, g_wmu, g_bmu = torch.ops.aten.convolution_backward(
-            g_m, x, w_mu, [w_mu.shape[0]], stride, padding, dilation, False, [0, 0], 1, [need_x, True, True])
         gx2, g_wvar, g_bvar = torch.ops.aten.convolution_backward(
             g_v, x2, w_var, [w_var.shape[0]], stride, padding, dilation, False, [0, 0], 1, [need_x, True, True])
+        gx_m, g_wmu, g_bmu = torch.ops.aten.convolution_backward(
+            g_m, x, w_mu, [w_mu.shape[0]], stride, padding, dilation, False, [0, 0], 1, [need_x, True, True])
         g_x = gx2.mul_(x).mul_(2.0).add_(gx_m) if need_x else None  # x² contributes 2 x ∂/∂(x²), exactly doubled
         return g_x, g_z.view(z.shape[:2]), g_wmu, g_wvar.mul_(w_var), g_bmu, g_bvar.mul_(b_var), None
+
+
+def _conv_lrt_moments(x: Tensor, z: Tensor, w_mu: Tensor, b_mu: Tensor, w_var: Tensor, b_var: Tensor,
+                      geometry: tuple[tuple[int, int], ...]) -> tuple[Tensor, ...]:
+    """x², m, v, v z and the standard deviation √(v z² + EPS) of _ConvLRT; z: (B, G, 1, 1)."""
+    x2 = x * x
+    m = F.conv2d(x, w_mu, b_mu, *geometry)
+    v = F.conv2d(x2, w_var, b_var, *geometry)
+    vz = v * z
+    return x2, m, v, vz, (vz * z).add_(EPS).sqrt_()
+
+
+def _conv_lrt_grads(g: Tensor, z: Tensor, eps: Tensor, m: Tensor, v: Tensor, vz: Tensor,
+                    sd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of _ConvLRT's output with respect to z, m and v, as autograd computes them."""
+    g_s = (g * eps).div_(2 * sd)  # ∂/∂(v z²) of √(v z² + EPS) ε
+    g_vz = g_s * z
+    g_v = g_vz * z
+    # ∂/∂z: the three products' terms, each summed over the filter's positions, added in autograd's order
+    g_z = g_s.mul_(vz).sum((2, 3), keepdim=True)
+    g_z += g_vz.mul_(v).sum((2, 3), keepdim=True)
+    g_z += torch.mul(g, m, out=g_vz).sum((2, 3), keepdim=True)
+    return g_z, g * z, g_v
 
 
 # ---------------------------------------------------------------- normal-Jeffreys (GNJ)
