@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from bayescomp import kl
+from bayescomp.lrt import EPS, ConvLRT, LinearLRT
 
-EPS = 1e-8
 SCALE_INITS = ("mean_one", "prior_optimum")  # initial posterior means of the horseshoe scale factors
 
 
@@ -174,7 +174,7 @@ class _GroupBayesLayer(BayesLayer):
         z = self.sample_z(x.shape[0])
         if self.is_conv:  # z scales output filters, bias included [LUW17] Sec. 3, conv case
             if not torch.is_autocast_enabled(x.device.type):
-                return _ConvLRT.apply(x, z, self.weight_mu, self.weight_logvar, self.bias_mu, self.bias_logvar,
+                return ConvLRT.apply(x, z, self.weight_mu, self.weight_logvar, self.bias_mu, self.bias_logvar,
                                       (self.stride, self.padding, self.dilation))
             # under autocast (bf16 on a GPU) the mean conv runs in its low precision, the variances in float32
             mu = self._op(x, self.weight_mu, self.bias_mu)
@@ -188,7 +188,7 @@ class _GroupBayesLayer(BayesLayer):
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             eps = torch.randn(x.shape[0], self.weight_mu.shape[0], device=x.device, dtype=x.dtype)
-            return _LinearLRT.apply(x, z, self.weight_mu, self.weight_logvar, self.bias_mu, self.bias_logvar, eps)
+            return LinearLRT.apply(x, z, self.weight_mu, self.weight_logvar, self.bias_mu, self.bias_logvar, eps)
 
     @property
     def weight(self) -> Tensor:
@@ -217,100 +217,6 @@ class _GroupBayesLayer(BayesLayer):
         self.weight_mu.copy_(dense.weight / self._expand(self.z_mean()))
         if dense.bias is not None:
             self.bias_mu.copy_(dense.bias / self.z_mean() if self.is_conv else dense.bias)
-
-
-class _LinearLRT(torch.autograd.Function):
-    """Sampled pre-activation of a Linear group layer, b = m + √v ⊙ ε, with
-    m = (x⊙z) μᵀ + μ_b and v = (x⊙z)² exp(log σ²)ᵀ + exp(log σ_b²)  [LUW17] Eq. 6, [KSW15] Eq. 6.
-
-    Forward and backward written out: the same arithmetic as autograd of that expression (tested
-    against it), with fewer temporaries, which is most of a BC step's cost at LeNet-300's sizes.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, z: Tensor, w_mu: Tensor, w_logvar: Tensor, b_mu: Tensor,  # type: ignore[override]
-                b_logvar: Tensor, eps: Tensor) -> Tensor:
-        xz = x * z
-        xz2 = xz * xz
-        w_var, b_var = w_logvar.exp(), b_logvar.exp()
-        sd = torch.addmm(b_var + EPS, xz2, w_var.t()).sqrt_()
-        out = torch.addmm(b_mu, xz, w_mu.t()).addcmul_(sd, eps)
-        ctx.save_for_backward(x, z, xz, xz2, w_mu, w_var, b_var, sd, eps)
-        return out
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, z, xz, xz2, w_mu, w_var, b_var, sd, eps = ctx.saved_tensors
-        g_v = (g * eps).div_(sd).mul_(0.5)  # ∂/∂v of √v ε
-        g_xz = torch.mm(g, w_mu).addcmul_(xz, torch.mm(g_v, w_var), value=2.0)
-        g_x = g_xz * z if ctx.needs_input_grad[0] else None
-        return (g_x, g_xz.mul_(x), torch.mm(g.t(), xz), torch.mm(g_v.t(), xz2).mul_(w_var),
-                g.sum(0), g_v.sum(0).mul_(b_var), None)
-
-
-class _ConvLRT(torch.autograd.Function):
-    """Sampled pre-activation of a Conv2d group layer, b = m z + √(v z² + EPS) ⊙ ε with
-    m = x ∗ μ + μ_b and v = x² ∗ exp(log σ²) + exp(log σ_b²), z per example and filter
-    [LUW17] Sec. 3 (conv case), [KSW15] Eq. 6. ε is drawn here, after the convolutions.
-
-    The same arithmetic as autograd of that expression, operation for operation and in the order
-    autograd accumulates the gradient of z (tested bit for bit against it), with fewer temporaries of
-    the output's size: their elementwise passes dominate a BC step beside the convolutions. As in
-    autograd, the output-sized intermediates are released before the convolutions' backward (a
-    second backward, with retain_graph, recomputes them).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, z: Tensor, w_mu: Tensor, w_logvar: Tensor, b_mu: Tensor,  # type: ignore[override]
-                b_logvar: Tensor, geometry: tuple[tuple[int, int], ...]) -> Tensor:
-        w_var, b_var = w_logvar.exp(), b_logvar.exp()
-        z = z[:, :, None, None]
-        x2, m, v, vz, sd = _conv_lrt_moments(x, z, w_mu, b_mu, w_var, b_var, geometry)
-        eps = torch.randn_like(sd)
-        out = (sd * eps).add_(m * z)
-        ctx.geometry = geometry
-        ctx.save_for_backward(x, z, w_mu, b_mu, w_var, b_var, eps)
-        ctx.moments = x2, m, v, vz, sd  # not saved tensors: backward releases them
-        return out
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, z, w_mu, b_mu, w_var, b_var, eps = ctx.saved_tensors
-        x2, *moments = ctx.moments or _conv_lrt_moments(x, z, w_mu, b_mu, w_var, b_var, ctx.geometry)
-        ctx.moments = None
-        g_z, g_m, g_v = _conv_lrt_grads(g, z, eps, *moments)
-        del moments  # released before the convolutions' backward, as autograd does
-        stride, padding, dilation = ctx.geometry
-        need_x = ctx.needs_input_grad[0]
-        gx2, g_wvar, g_bvar = torch.ops.aten.convolution_backward(
-            g_v, x2, w_var, [w_var.shape[0]], stride, padding, dilation, False, [0, 0], 1, [need_x, True, True])
-        gx_m, g_wmu, g_bmu = torch.ops.aten.convolution_backward(
-            g_m, x, w_mu, [w_mu.shape[0]], stride, padding, dilation, False, [0, 0], 1, [need_x, True, True])
-        g_x = gx2.mul_(x).mul_(2.0).add_(gx_m) if need_x else None  # x² contributes 2 x ∂/∂(x²), exactly doubled
-        return g_x, g_z.view(z.shape[:2]), g_wmu, g_wvar.mul_(w_var), g_bmu, g_bvar.mul_(b_var), None
-
-
-def _conv_lrt_moments(x: Tensor, z: Tensor, w_mu: Tensor, b_mu: Tensor, w_var: Tensor, b_var: Tensor,
-                      geometry: tuple[tuple[int, int], ...]) -> tuple[Tensor, ...]:
-    """x², m, v, v z and the standard deviation √(v z² + EPS) of _ConvLRT; z: (B, G, 1, 1)."""
-    x2 = x * x
-    m = F.conv2d(x, w_mu, b_mu, *geometry)
-    v = F.conv2d(x2, w_var, b_var, *geometry)
-    vz = v * z
-    return x2, m, v, vz, (vz * z).add_(EPS).sqrt_()
-
-
-def _conv_lrt_grads(g: Tensor, z: Tensor, eps: Tensor, m: Tensor, v: Tensor, vz: Tensor,
-                    sd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The gradients of _ConvLRT's output with respect to z, m and v, as autograd computes them."""
-    g_s = (g * eps).div_(2 * sd)  # ∂/∂(v z²) of √(v z² + EPS) ε
-    g_vz = g_s * z
-    g_v = g_vz * z
-    # ∂/∂z: the three products' terms, each summed over the filter's positions, added in autograd's order
-    g_z = g_s.mul_(vz).sum((2, 3), keepdim=True)
-    g_z += g_vz.mul_(v).sum((2, 3), keepdim=True)
-    g_z += torch.mul(g, m, out=g_vz).sum((2, 3), keepdim=True)
-    return g_z, g * z, g_v
 
 
 # ---------------------------------------------------------------- normal-Jeffreys (GNJ)
