@@ -55,14 +55,52 @@ class _GaussianKL(torch.autograd.Function):
 
 def kl_lognormal_gamma(mu: Tensor, logvar: Tensor, shape: float, scale: float) -> Tensor:
     """KL(LogNormal(μ, σ²) || Gamma(shape, scale)), summed. HORSESHOE.md §3 (exact form)"""
-    return (shape * math.log(scale) + math.lgamma(shape) - shape * mu
-            + torch.exp(mu + 0.5 * logvar.exp()) / scale - 0.5 * logvar - _HALF_LOG_2PI_E).sum()
+    return _LogNormalGammaKL.apply(mu, logvar, shape, scale)
 
 
 def kl_lognormal_invgamma(mu: Tensor, logvar: Tensor, shape: float, scale: float) -> Tensor:
     """KL(LogNormal(μ, σ²) || InvGamma(shape, scale)), summed. HORSESHOE.md §3 (exact form)"""
-    return (-shape * math.log(scale) + math.lgamma(shape) + shape * mu
-            + scale * torch.exp(0.5 * logvar.exp() - mu) - 0.5 * logvar - _HALF_LOG_2PI_E).sum()
+    return _LogNormalInvGammaKL.apply(mu, logvar, shape, scale)
+
+
+# The two log-normal KLs run on a few scale factors per layer, so they cost what their operations
+# cost; each is one autograd node whose backward is autograd's for its expression, written out
+# (the same operations in the same order, so the same float32 bits; tested against it).
+
+class _LogNormalGammaKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu: Tensor, logvar: Tensor, shape: float, scale: float) -> Tensor:  # type: ignore[override]
+        var = logvar.exp()
+        e = torch.exp(mu + 0.5 * var)  # E[z] of the log-normal
+        ctx.save_for_backward(var, e)
+        ctx.shape, ctx.scale = shape, scale
+        return (shape * math.log(scale) + math.lgamma(shape) - shape * mu
+                + e / scale - 0.5 * logvar - _HALF_LOG_2PI_E).sum()  # HORSESHOE.md §3
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        var, e = ctx.saved_tensors
+        g = grad.expand(var.shape)
+        g_e = g / ctx.scale * e
+        return g_e + -g * ctx.shape, g_e * 0.5 * var + -g * 0.5, None, None
+
+
+class _LogNormalInvGammaKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu: Tensor, logvar: Tensor, shape: float, scale: float) -> Tensor:  # type: ignore[override]
+        var = logvar.exp()
+        e = torch.exp(0.5 * var - mu)  # E[1/z] of the log-normal
+        ctx.save_for_backward(var, e)
+        ctx.shape, ctx.scale = shape, scale
+        return (-shape * math.log(scale) + math.lgamma(shape) + shape * mu
+                + scale * e - 0.5 * logvar - _HALF_LOG_2PI_E).sum()  # HORSESHOE.md §3
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        var, e = ctx.saved_tensors
+        g = grad.expand(var.shape)
+        g_e = g * ctx.scale * e
+        return g * ctx.shape + -g_e, g_e * 0.5 * var + -g * 0.5, None, None
 
 
 def kl_lognormal_gamma_appendix(mu: Tensor, logvar: Tensor, tau0: float) -> Tensor:

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from bayescomp import kl
+from bayescomp.lrt import EPS, ConvLRT, LinearLRT
 
-EPS = 1e-8
 SCALE_INITS = ("mean_one", "prior_optimum")  # initial posterior means of the horseshoe scale factors
 
 
@@ -173,7 +173,11 @@ class _GroupBayesLayer(BayesLayer):
             return self._op(x, self.weight, self.bias)
         z = self.sample_z(x.shape[0])
         if self.is_conv:  # z scales output filters, bias included [LUW17] Sec. 3, conv case
-            mu = self._op(x, self.weight_mu, self.bias_mu)  # under autocast: in its low precision
+            if not torch.is_autocast_enabled(x.device.type):
+                return ConvLRT.apply(x, z, self.weight_mu, self.weight_logvar, self.bias_mu, self.bias_logvar,
+                                      (self.stride, self.padding, self.dilation))
+            # under autocast (bf16 on a GPU) the mean conv runs in its low precision, the variances in float32
+            mu = self._op(x, self.weight_mu, self.bias_mu)
             var = self.lrt_variance(x, self.bias_logvar)
             z = z[:, :, None, None]
             mu, var = mu * z, var * z * z
@@ -184,7 +188,7 @@ class _GroupBayesLayer(BayesLayer):
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             eps = torch.randn(x.shape[0], self.weight_mu.shape[0], device=x.device, dtype=x.dtype)
-            return _LinearLRT.apply(x, z, self.weight_mu, self.weight_logvar, self.bias_mu, self.bias_logvar, eps)
+            return LinearLRT.apply(x, z, self.weight_mu, self.weight_logvar, self.bias_mu, self.bias_logvar, eps)
 
     @property
     def weight(self) -> Tensor:
@@ -213,35 +217,6 @@ class _GroupBayesLayer(BayesLayer):
         self.weight_mu.copy_(dense.weight / self._expand(self.z_mean()))
         if dense.bias is not None:
             self.bias_mu.copy_(dense.bias / self.z_mean() if self.is_conv else dense.bias)
-
-
-class _LinearLRT(torch.autograd.Function):
-    """Sampled pre-activation of a Linear group layer, b = m + √v ⊙ ε, with
-    m = (x⊙z) μᵀ + μ_b and v = (x⊙z)² exp(log σ²)ᵀ + exp(log σ_b²)  [LUW17] Eq. 6, [KSW15] Eq. 6.
-
-    Forward and backward written out: the same arithmetic as autograd of that expression (tested
-    against it), with fewer temporaries, which is most of a BC step's cost at LeNet-300's sizes.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, z: Tensor, w_mu: Tensor, w_logvar: Tensor, b_mu: Tensor,  # type: ignore[override]
-                b_logvar: Tensor, eps: Tensor) -> Tensor:
-        xz = x * z
-        xz2 = xz * xz
-        w_var, b_var = w_logvar.exp(), b_logvar.exp()
-        sd = torch.addmm(b_var + EPS, xz2, w_var.t()).sqrt_()
-        out = torch.addmm(b_mu, xz, w_mu.t()).addcmul_(sd, eps)
-        ctx.save_for_backward(x, z, xz, xz2, w_mu, w_var, b_var, sd, eps)
-        return out
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, z, xz, xz2, w_mu, w_var, b_var, sd, eps = ctx.saved_tensors
-        g_v = (g * eps).div_(sd).mul_(0.5)  # ∂/∂v of √v ε
-        g_xz = torch.mm(g, w_mu).addcmul_(xz, torch.mm(g_v, w_var), value=2.0)
-        g_x = g_xz * z if ctx.needs_input_grad[0] else None
-        return (g_x, g_xz.mul_(x), torch.mm(g.t(), xz), torch.mm(g_v.t(), xz2).mul_(w_var),
-                g.sum(0), g_v.sum(0).mul_(b_var), None)
 
 
 # ---------------------------------------------------------------- normal-Jeffreys (GNJ)

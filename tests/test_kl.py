@@ -107,3 +107,42 @@ def test_gaussian_kl_gradient_is_analytic_and_survives_a_second_backward():
         (3.0 * out).backward(retain_graph=True)
         torch.testing.assert_close(mu.grad, 3.0 * mu.detach())
         torch.testing.assert_close(logvar.grad, 1.5 * (logvar.detach().exp() - 1))
+
+
+# The plain autograd expressions the fused KL functions replace (their float32 bits are the recorded runs').
+def _plain_lognormal_gamma(mu, logvar, shape, scale):
+    return (shape * math.log(scale) + math.lgamma(shape) - shape * mu
+            + torch.exp(mu + 0.5 * logvar.exp()) / scale - 0.5 * logvar - kl._HALF_LOG_2PI_E).sum()
+
+
+def _plain_lognormal_invgamma(mu, logvar, shape, scale):
+    return (-shape * math.log(scale) + math.lgamma(shape) + shape * mu
+            + scale * torch.exp(0.5 * logvar.exp() - mu) - 0.5 * logvar - kl._HALF_LOG_2PI_E).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(), (5,), (300,)])
+@pytest.mark.parametrize("fused, plain, args", [
+    (kl.kl_lognormal_gamma, _plain_lognormal_gamma, (0.5, 1e-10)),
+    (kl.kl_lognormal_gamma, _plain_lognormal_gamma, (1.5, 2.0)),
+    (kl.kl_lognormal_invgamma, _plain_lognormal_invgamma, (0.5, 1.0)),
+    (kl.kl_lognormal_invgamma, _plain_lognormal_invgamma, (1.5, 0.3)),
+], ids=["gamma-tau0", "gamma", "invgamma", "invgamma-other"])
+def test_fused_kls_equal_the_plain_expressions_and_their_gradients(fused, plain, args, shape, dtype):
+    """To the last bit in float32 (the same operations in the same order), so that seeded runs are
+    unchanged; close in float64."""
+    g = torch.Generator().manual_seed(len(shape))
+    mu0 = torch.randn(shape, generator=g, dtype=dtype) * 3
+    lv0 = torch.randn(shape, generator=g, dtype=dtype) * 3 - 4
+    upstream = torch.tensor(1 / 60000, dtype=dtype)  # the trainer's 1/N, not a power of two
+    got, want = [], []
+    for f, out in ((fused, got), (plain, want)):
+        mu, lv = mu0.clone().requires_grad_(), lv0.clone().requires_grad_()
+        value = f(mu, lv, *args)
+        (value * upstream).backward()
+        out += [value.detach(), mu.grad, lv.grad]
+    for a, b in zip(got, want):
+        if dtype == torch.float32:
+            assert torch.equal(a, b), f"max difference {(a - b).abs().max().item():.3g}"
+        else:
+            torch.testing.assert_close(a, b)

@@ -142,35 +142,6 @@ def test_unknown_scale_init_lists_valid_ones():
         LinearGroupHS(3, 2, scale_init="zeros")
 
 
-def test_fused_linear_sample_equals_the_plain_expression_and_its_gradients():
-    from bayescomp.layers import EPS, _LinearLRT
-
-    g = torch.Generator().manual_seed(3)
-    B, I, O = 6, 5, 4
-    leaves = [torch.randn(B, I, generator=g, dtype=torch.float64),  # x
-              torch.rand(B, I, generator=g, dtype=torch.float64) + 0.5,  # z
-              torch.randn(O, I, generator=g, dtype=torch.float64),  # weight mean
-              torch.randn(O, I, generator=g, dtype=torch.float64) - 2,  # weight log-variance
-              torch.randn(O, generator=g, dtype=torch.float64),
-              torch.randn(O, generator=g, dtype=torch.float64) - 2]
-    eps = torch.randn(B, O, generator=g, dtype=torch.float64)
-
-    def plain(x, z, wm, wl, bm, bl):
-        xz = x * z
-        return F.linear(xz, wm, bm) + (F.linear(xz * xz, wl.exp(), bl.exp()) + EPS).sqrt() * eps
-
-    a = [t.clone().requires_grad_() for t in leaves]
-    b = [t.clone().requires_grad_() for t in leaves]
-    out_fused, out_plain = _LinearLRT.apply(*a, eps), plain(*b)
-    torch.testing.assert_close(out_fused, out_plain)
-    w = torch.randn(B, O, generator=g, dtype=torch.float64)
-    (out_fused * w).sum().backward()
-    (out_plain * w).sum().backward()
-    for p, q in zip(a, b):
-        torch.testing.assert_close(p.grad, q.grad)
-    assert torch.autograd.gradcheck(lambda *t: _LinearLRT.apply(*t, eps), [t.clone().requires_grad_() for t in leaves])
-
-
 @pytest.mark.parametrize("make", [lambda: LinearGroupNJ(64, 32), lambda: LinearGroupHS(64, 32),
                                   lambda: Conv2dGroupNJ(3, 8, 3, padding=1), lambda: Conv2dGroupHS(3, 8, 3, padding=1),
                                   lambda: LinearSVD(64, 32), lambda: Conv2dSVD(3, 8, 3, padding=1)],
