@@ -21,12 +21,16 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
 from bayescomp import kl
 from bayescomp.lrt import EPS, ConvLRT, LinearLRT
 
 SCALE_INITS = ("mean_one", "prior_optimum")  # initial posterior means of the horseshoe scale factors
+
+
+def pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    """A conv size or stride as (height, width), as torch.nn.Conv2d takes it."""
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 class BayesLayer(nn.Module):
@@ -131,8 +135,8 @@ class BayesConv2d(BayesLayer):
                  dilation: int | tuple[int, int], init_logvar: float) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
+        self.padding, self.dilation = pair(padding), pair(dilation)
         self.n_groups = out_channels
         fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         self._init_weights((out_channels, in_channels, *self.kernel_size), fan_in, init_logvar)
