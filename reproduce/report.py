@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from reproduce.results import load_result, profile_suffix, result_dir, status, write_atomic
+from reproduce.results import load_result, not_current_reason, profile_suffix, result_dir, status, write_atomic
 from reproduce.spec import Suite
 from reproduce.tables import COLUMNS, MODEL_TITLES, collect, within
 
@@ -69,7 +69,7 @@ def verdicts(suite: Suite, profile: str, root: Path) -> list[Verdict]:
         seeds = f"{len(row.seeds)}/{len(row.spec.seeds)}"
         title = MODEL_TITLES.get(row.spec.model, row.spec.model)
         if not row.seeds:
-            why = "stale results (the spec changed)" if row.stale else "no recorded result"
+            why = not_current_reason(root, row.spec, bool(row.stale))
             out.append(Verdict(row.spec.id, title, row.spec.label, seeds, "not run",
                                f"{why}: `python -m reproduce run {row.spec.id} --profile {profile}`"))
             continue

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from bayescomp.artifact import ArtifactError, load_plain
 from bayescomp.metrics import METRICS_FORMAT
 from reproduce.spec import RunSpec, Suite
 
@@ -195,6 +196,27 @@ def status(root: Path, spec: RunSpec, seed: int) -> str:
         return "missing"
     recorded = _read_json(d / "spec.json", spec, seed)
     return "current" if recorded.get("spec_hash") == spec.hash else "stale"
+
+
+def resume_epoch(root: Path, spec: RunSpec, seed: int) -> int | None:
+    """The last epoch of spec's committed resume point for `seed` (results/.work/), None if it has none."""
+    work = work_dir(root, spec.id, spec.profile, seed)
+    hash_file, checkpoint = work / "spec_hash", work / "checkpoint.pt"
+    if not checkpoint.exists() or not hash_file.exists() or hash_file.read_text().strip() != spec.hash:
+        return None
+    try:
+        return int(load_plain(checkpoint, "")["epoch"])
+    except (ArtifactError, KeyError, TypeError, ValueError):
+        return None
+
+
+def not_current_reason(root: Path, spec: RunSpec, stale: bool) -> str:
+    """Why a row has no current result, in a few words: in progress (from its resume point), stale or not run."""
+    progress = [f"seed {s} at epoch {e}/{spec.train.epochs}" for s in spec.seeds
+                if (e := resume_epoch(root, spec, s)) is not None]
+    if progress:
+        return f"in progress ({', '.join(progress)}; resume point in results/.work/)"
+    return "stale results (the spec changed)" if stale else "not run"
 
 
 def current_seeds(root: Path, spec: RunSpec) -> list[int]:

@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 
 from reproduce.executors import make_executor, plan_runs, report_failures
-from reproduce.results import (current_specs, load_record, load_result, profile_suffix, provenance, result_dir,
-                               status, write_atomic)
+from reproduce.results import (current_specs, load_record, load_result, not_current_reason, profile_suffix, provenance,
+                               result_dir, status, write_atomic)
 from reproduce.run import resolve_device
 from reproduce.spec import RunSpec, Suite
 
@@ -137,7 +137,7 @@ def render_table1(suite: Suite, profile: str, root: Path, out_dir: Path,
             if r.spec.id in needs_gpu:
                 why = f"needs GPU (~{needs_gpu[r.spec.id] / 3600:.0f} h on this CPU)"
             else:
-                why = "stale results (spec changed)" if r.stale else "not run"
+                why = not_current_reason(root, r.spec, bool(r.stale))
             cells = [f"{why}: `python -m reproduce run {r.spec.id} --profile {profile}`"] + [""] * (len(COLUMNS) - 1)
         else:
             cells = [cell(r, key, better, dec) for key, _, better, dec in COLUMNS]

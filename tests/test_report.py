@@ -142,3 +142,18 @@ def test_report_verb_refreshes_the_document_beside_the_figures_folder_and_names_
     assert main(["report", *args]) == 2
     assert "no current result" in capsys.readouterr().err
     assert doc.read_text() == "<!--q lenet300.bc_ghs error_pct .1f-->?<!--/q-->\n"  # left as it was
+
+
+def test_a_row_with_a_resume_point_reads_in_progress_with_its_epoch(tmp_path):
+    import torch
+
+    suite, root = _suite(tmp_path), tmp_path / "results"
+    spec = suite.resolve("lenet300.bc_ghs", "paper")
+    work = root / ".work" / spec.id / "paper" / "seed0"
+    work.mkdir(parents=True)
+    (work / "spec_hash").write_text(spec.hash)
+    torch.save({"epoch": 7, "history": []}, work / "checkpoint.pt")
+    rows = {v.id: v for v in verdicts(suite, "paper", root)}
+    assert rows["lenet300.bc_ghs"].why.startswith("in progress (seed 0 at epoch 7/1; resume point in results/.work/)")
+    (work / "spec_hash").write_text("0" * 16)  # a resume point of another spec is not progress
+    assert verdicts(suite, "paper", root)[1].why.startswith("not run")
