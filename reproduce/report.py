@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from reproduce.results import load_result, not_current_reason, profile_suffix, result_dir, status, write_atomic
+from reproduce.results import current_seeds, load_result, not_current_reason, profile_suffix, result_dir, status, write_atomic
 from reproduce.spec import Suite
 from reproduce.tables import COLUMNS, MODEL_TITLES, collect, within
 
@@ -155,8 +155,10 @@ def quote_value(source: str, key: str, suite: Suite, root: Path, repo: Path) -> 
         spec = suite.resolve(m["id"], m["profile"] or "paper")
     except ValueError as e:
         raise QuoteError(f"quote source {source!r}: {e}") from None
-    seeds = [int(m["seed"])] if m["seed"] else list(spec.seeds)
-    current = [s for s in seeds if status(root, spec, s) == "current"]
+    if m["seed"]:
+        current = [int(m["seed"])] if status(root, spec, int(m["seed"])) == "current" else []
+    else:
+        current = current_seeds(root, spec)
     if not current:
         raise QuoteError(f"quote of {source}: no current result")
     vals = [load_result(root, spec, s).get(key) for s in current]
