@@ -53,6 +53,8 @@ class TrainingPaused(Exception):
 class TrainConfig:
     """How to train. lr_schedule: constant | cosine | step (x lr_gamma at lr_milestones) | linear (to 0).
     kl_warmup_epochs: the penalty weight rises linearly from 0 to 1 over this many epochs [Sønderby 2016].
+    kl_warmup_start: the weight stays 0 for this many epochs first and reaches 1 at epoch kl_warmup_epochs
+        (Sparse VD's authors: 0 for 5 epochs, 1 from epoch 20 [MAV17]).
     """
 
     epochs: int
@@ -65,6 +67,7 @@ class TrainConfig:
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
     kl_warmup_epochs: int = 0
+    kl_warmup_start: int = 0
     augment: bool = False
     amp_bf16: bool = False
 
@@ -87,9 +90,19 @@ class TrainConfig:
                                ("lr", self.lr > 0, "> 0"), ("momentum", self.momentum >= 0, ">= 0"),
                                ("weight_decay", self.weight_decay >= 0, ">= 0"), ("lr_gamma", self.lr_gamma > 0, "> 0"),
                                ("kl_warmup_epochs", self.kl_warmup_epochs >= 0, ">= 0"),
+                               ("kl_warmup_start", 0 <= self.kl_warmup_start < max(self.kl_warmup_epochs, 1),
+                                ">= 0 and below kl_warmup_epochs"),
                                ("lr_milestones", all(m >= 1 for m in self.lr_milestones), "a list of epochs >= 1")):
             if not ok:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+
+def kl_weight(cfg: TrainConfig, epoch: int) -> float:
+    """The penalty's weight in epoch `epoch` (from 0): 0 before kl_warmup_start, then rising linearly to 1
+    at epoch kl_warmup_epochs - 1; 1 without warm-up."""
+    if cfg.kl_warmup_epochs == 0:
+        return 1.0
+    return min(1.0, max(0, epoch + 1 - cfg.kl_warmup_start) / (cfg.kl_warmup_epochs - cfg.kl_warmup_start))
 
 
 def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, seed: int,
@@ -135,7 +148,7 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
         torch.manual_seed(seed * 100_003 + epoch)  # noise of stochastic layers
         gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen, device=device)
-        beta = min(1.0, (epoch + 1) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs > 0 else 1.0
+        beta = kl_weight(cfg, epoch)
         model.train()
         sums = torch.zeros(4, device=device)  # loss, nll, penalty/N, wrong
         window: list[Tensor] = []

@@ -24,6 +24,7 @@ from reproduce.registry import METHODS
 DEFAULT_TOML = Path(__file__).with_name("experiments.toml")
 RESULTS_FORMAT = 1  # bump when a change to the code invalidates every recorded result
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+LATE_TRAIN_KEYS = {"kl_warmup_start": 0}  # training keys added after results were recorded, with their defaults
 RUN_KEYS = ("seeds", "train_subset", "test_subset", "val_size", "pretrain", "method_args", "model_args",
             "cpu_epoch_seconds",
             "needs_gpu")
@@ -67,8 +68,12 @@ class RunSpec:
 
     def hashed_content(self) -> dict[str, Any]:
         """What determines the results of a run (seed aside), including what its pretrain was built from."""
+        train = dataclasses.asdict(self.train)
+        for key in LATE_TRAIN_KEYS:  # hashed only when set, so the hashes of specs without them stay as recorded
+            if train[key] == LATE_TRAIN_KEYS[key]:
+                del train[key]
         content = {"format": RESULTS_FORMAT, "id": self.id, "model": self.model, "dataset": self.dataset,
-                   "method": self.method, "method_args": self.method_args, "train": dataclasses.asdict(self.train),
+                   "method": self.method, "method_args": self.method_args, "train": train,
                    "train_subset": self.train_subset, "test_subset": self.test_subset, "val_size": self.val_size,
                    "pretrain": self.pretrain}
         if self.pretrain is not None:

@@ -117,6 +117,14 @@ def test_hash_ignores_seeds_but_not_training(tmp_path):
     assert _suite(tmp_path, TINY + "lr = 0.5\n").resolve("lenet300.dense", "paper").hash != base
 
 
+def test_a_training_key_added_later_changes_the_hash_only_when_set(tmp_path):
+    base = _suite(tmp_path, TINY + "kl_warmup_epochs = 4\n").resolve("lenet300.dense", "paper").hash
+    assert _suite(tmp_path, TINY + "kl_warmup_epochs = 4\nkl_warmup_start = 0\n").resolve(
+        "lenet300.dense", "paper").hash == base
+    assert _suite(tmp_path, TINY + "kl_warmup_epochs = 4\nkl_warmup_start = 2\n").resolve(
+        "lenet300.dense", "paper").hash != base
+
+
 def test_hash_is_pinned(tmp_path):
     # A change here orphans every recorded result: bump RESULTS_FORMAT on purpose, never by accident.
     assert _suite(tmp_path, TINY).resolve("lenet300.dense", "paper").hash == PINNED

@@ -11,7 +11,7 @@ import torch
 
 from bayescomp.method import Dense
 from bayescomp.models import lenet300
-from bayescomp.train import EXPLODED_NLL_FACTOR, TrainConfig, TrainingDiverged, fit
+from bayescomp.train import EXPLODED_NLL_FACTOR, TrainConfig, TrainingDiverged, fit, kl_weight
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,3 +113,18 @@ class _RunsCode:
 def test_config_values_of_the_wrong_type_are_refused(key, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(epochs=1, **{key: value})
+
+
+@pytest.mark.parametrize("warmup, start, weights", [
+    (0, 0, [1, 1, 1]),
+    (4, 0, [0.25, 0.5, 0.75, 1, 1]),
+    (5, 2, [0, 0, 1 / 3, 2 / 3, 1, 1]),  # 0 for 2 epochs, 1 from the 5th epoch (index 4)
+])
+def test_kl_weight_by_epoch(warmup, start, weights):
+    cfg = TrainConfig(epochs=len(weights), kl_warmup_epochs=warmup, kl_warmup_start=start)
+    assert [kl_weight(cfg, e) for e in range(len(weights))] == pytest.approx(weights)
+
+
+def test_a_warmup_start_at_or_after_its_end_is_refused():
+    with pytest.raises(ValueError, match="kl_warmup_start must be >= 0 and below kl_warmup_epochs"):
+        TrainConfig(epochs=9, kl_warmup_epochs=5, kl_warmup_start=5)
