@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p_bt = sub.add_parser("bench-train", parents=[common], help="epoch time of methods vs dense, side by side")
     p_bt.add_argument("--model", default="lenet300")
     p_bt.add_argument("--methods", default="dense,bc_gnj,bc_ghs", help="comma-separated; the first is the reference")
-    p_bt.add_argument("--repeats", type=int, default=3)
+    p_bt.add_argument("--repeats", type=int, default=3, help="timed epochs per method, after a warm-up (default 3)")
+    p_bt.add_argument("--train-subset", type=int, default=None, metavar="N",
+                      help="images per timed epoch (default: the whole training set)")
     p_bt.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p_bt.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)

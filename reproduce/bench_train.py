@@ -3,15 +3,22 @@
 train_cost: seconds per training epoch of each method relative to the dense model, same loop,
 batch size and data, measured side by side in one process (epochs interleaved, median of the
 repetitions), so that the ratio is robust to other load on the machine. step_breakdown: where a
-training step's time goes, by phase. peak_training_memory: what training adds to memory at its peak.
-Inference speed is reproduce/bench_inference.py.
+training step's time goes, by phase, each call timed on its own. peak_training_memory: what training
+adds to memory at its peak. `spread` is how every timing here is recorded (median, min, quartiles,
+max) and `machine` what it depends on besides the code (CPU model, the kernels torch dispatches
+to). `bench-train` records its numbers in results/bench/cpu/train_<model>{.csv,_steps.csv,_meta.json};
+inference speed is reproduce/bench_inference.py.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
+import os
+import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +32,88 @@ from bayescomp.data import DATASETS, ImageData, load_dataset
 from bayescomp.models import MODELS
 from bayescomp.train import TrainConfig, fit
 from reproduce.registry import METHODS
+from reproduce.results import bench_dir, code_version, write_atomic
 from reproduce.spec import Suite
+
+CPU_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # environment variables that change the CPU kernels
+PHASES = ("forward", "forward_backward", "penalty_fwd_bwd", "optimizer", "step_end")  # step_breakdown's
 
 
 def bench_train_command(args: argparse.Namespace, suite: Suite) -> int:
-    """`python -m reproduce bench-train`: epoch time of --methods on --model, then a step's time by phase."""
+    """`python -m reproduce bench-train`: epoch time of --methods on --model, then a step's time by phase;
+    printed, and recorded in results/bench/cpu/train_<model>.csv, train_<model>_steps.csv and
+    train_<model>_meta.json (each file written whole or not at all)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = time.time()
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods: no method {unknown[0]!r}; valid: {', '.join(METHODS)}")
     spec = suite.resolve(f"{args.model}.dense", "paper")  # its data set
-    rows = train_cost(load_dataset(spec.dataset, args.data_dir), args.model, args.methods.split(","), args.repeats)
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    steps = step_breakdown(args.model, args.methods.split(","), spec.dataset)
+    rows = train_cost(load_dataset(spec.dataset, args.data_dir), args.model, methods, args.repeats,
+                      train_subset=args.train_subset)
+    shown = ["model", "method", "epoch_seconds", "ratio_to_" + methods[0], "threads", "batch_size"]
+    print(pd.DataFrame(rows)[shown].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    steps = step_breakdown(args.model, methods, spec.dataset)
     print("\nper training step, by phase (random batch of 128):")
-    print(pd.DataFrame(steps).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    shown = ["method", "step_mflop", *(f"{p}_ms" for p in PHASES)]
+    print(pd.DataFrame(steps)[shown].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    out = bench_dir(args.results_dir, "cpu")
+    meta = {**machine(), **code_version(),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": time.time() - started}
+    files = train_files(out, args.model)
+    write_atomic(files["epochs"], pd.DataFrame(rows).to_csv(index=False))
+    write_atomic(files["steps"], pd.DataFrame(steps).to_csv(index=False))
+    write_atomic(files["meta"], json.dumps(meta, indent=2) + "\n")
+    print(f"\nrecorded: {', '.join(str(f) for f in files.values())}")
     return 0
+
+
+def train_files(folder: Path, model_name: str) -> dict[str, Path]:
+    """Where bench-train records `model_name`'s numbers in a bench folder: per-epoch costs, per-phase
+    step times, and the machine and arguments they were measured with."""
+    return {"epochs": folder / f"train_{model_name}.csv", "steps": folder / f"train_{model_name}_steps.csv",
+            "meta": folder / f"train_{model_name}_meta.json"}
+
+
+def spread(name: str, values: list[float]) -> dict[str, float]:
+    """`name`: the median of `values`; `name`_min, _q1, _q3, _max: their minimum, quartiles (inclusive
+    method, never outside [min, max]) and maximum. Of a single value all five are that value: one
+    measurement, no spread."""
+    if not values:
+        raise ValueError(f"spread of {name}: no measurements")
+    q1, med, q3 = (statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1
+                   else (values[0],) * 3)
+    return {name: med, f"{name}_min": min(values), f"{name}_q1": q1, f"{name}_q3": q3, f"{name}_max": max(values)}
+
+
+def machine() -> dict[str, Any]:
+    """What a CPU timing depends on besides the code: CPU model (/proc/cpuinfo, None where unreadable),
+    logical CPUs, the instruction set torch's kernels use (torch.backends.cpu.get_cpu_capability), the
+    environment variables that change it (CPU_ENV, those set), torch and python versions."""
+    return {"cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_env": {k: os.environ[k] for k in CPU_ENV if k in os.environ},
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _cpu_model() -> str | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), None)
 
 
 def train_cost(data: ImageData, model_name: str, methods: list[str], repeats: int = 3, batch_size: int = 128,
                train_subset: int | None = None, device: str = "cpu") -> list[dict[str, Any]]:
-    """One row per method: median epoch seconds and the ratio to the first method (put 'dense' first)."""
+    """One row per method: epoch seconds over `repeats` rounds (`spread`: median, min, quartiles, max;
+    epochs interleaved after one discarded warm-up round), the ratio of its median to the first method's
+    (put 'dense' first), repeats, threads, batch size and images per epoch."""
+    if repeats < 1:
+        raise ValueError(f"repeats {repeats}: must be at least 1 (the timed rounds after the warm-up)")
     cfg = TrainConfig(epochs=1, batch_size=batch_size)
     times: dict[str, list[float]] = {m: [] for m in methods}
     for rep in range(repeats + 1):  # the first round warms up and is discarded
@@ -56,25 +126,30 @@ def train_cost(data: ImageData, model_name: str, methods: list[str], repeats: in
             if rep:
                 times[name].append(h[0]["seconds"])
     base = statistics.median(times[methods[0]])
-    return [{"model": model_name, "method": m, "epoch_seconds": statistics.median(t),
-             "ratio_to_" + methods[0]: statistics.median(t) / base, "threads": torch.get_num_threads(),
-             "batch_size": batch_size} for m, t in times.items()]
+    images = len(data.train_x) if train_subset is None else min(train_subset, len(data.train_x))
+    return [{"model": model_name, "method": m, **spread("epoch_seconds", t),
+             "ratio_to_" + methods[0]: statistics.median(t) / base, "repeats": len(t),
+             "threads": torch.get_num_threads(), "batch_size": batch_size, "train_images": images}
+            for m, t in times.items()]
 
 
 def step_breakdown(model_name: str, methods: list[str], dataset: str = "mnist", batch_size: int = 128,
                    repeats: int = 100) -> list[dict[str, Any]]:
-    """Milliseconds per training step, by phase, on random data shaped as `dataset`'s: where a method's
-    extra cost goes; and the step's matrix-product MFLOP (torch's FlopCounterMode), the arithmetic floor
-    of its cost."""
+    """Milliseconds per training step, by phase (PHASES), on random data shaped as `dataset`'s: where a
+    method's extra cost goes; each phase called `repeats` times after 10 warm-up calls, each call timed on
+    its own (`spread`: <phase>_ms the median, with _min, _q1, _q3, _max); and the step's matrix-product
+    MFLOP (torch's FlopCounterMode), the arithmetic floor of its cost."""
     info = DATASETS[dataset]
 
-    def clock(fn) -> float:
+    def clock(fn: Callable[[], Any]) -> list[float]:
         for _ in range(10):
             fn()
-        t0 = time.perf_counter()
+        times = []
         for _ in range(repeats):
+            t0 = time.perf_counter()
             fn()
-        return (time.perf_counter() - t0) / repeats * 1000
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
 
     rows = []
     for name in methods:
@@ -95,10 +170,12 @@ def step_breakdown(model_name: str, methods: list[str], dataset: str = "mnist", 
 
         with FlopCounterMode(display=False) as counter:  # matrix products of one forward + backward
             forward_backward()
-        rows.append({"method": name, "step_mflop": counter.get_total_flops() / 1e6,
-                     "forward_ms": clock(lambda: F.cross_entropy(model(x), y)),
-                     "forward_backward_ms": clock(forward_backward), "penalty_fwd_bwd_ms": clock(penalty),
-                     "optimizer_ms": clock(opt.step), "step_end_ms": clock(lambda: method.on_step_end(model))})
+        row: dict[str, Any] = {"model": model_name, "method": name, "step_mflop": counter.get_total_flops() / 1e6}
+        phases = {"forward": lambda: F.cross_entropy(model(x), y), "forward_backward": forward_backward,
+                  "penalty_fwd_bwd": penalty, "optimizer": opt.step, "step_end": lambda: method.on_step_end(model)}
+        for phase in PHASES:
+            row.update(spread(f"{phase}_ms", clock(phases[phase])))
+        rows.append({**row, "calls": repeats, "threads": torch.get_num_threads(), "batch_size": batch_size})
     return rows
 
 

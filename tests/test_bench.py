@@ -1,18 +1,92 @@
 from __future__ import annotations
 
-from reproduce.bench_train import step_breakdown, train_cost
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from reproduce.bench_train import PHASES, spread, step_breakdown, train_cost
+
+SPREAD = ("", "_min", "_q1", "_q3", "_max")  # the columns `spread` writes for a timing: median first
 
 
-def test_step_breakdown_reports_every_phase():
+def _ordered(row, name: str) -> bool:
+    """min <= q1 <= median <= q3 <= max of timing `name` in a recorded row."""
+    return (row[f"{name}_min"] <= row[f"{name}_q1"] <= row[name] <= row[f"{name}_q3"] <= row[f"{name}_max"])
+
+
+def test_spread_is_median_quartiles_and_range_and_a_single_value_has_none():
+    s = spread("t", [3.0, 1.0, 2.0, 10.0])
+    assert s == {"t": 2.5, "t_min": 1.0, "t_q1": 1.75, "t_q3": 4.75, "t_max": 10.0} and _ordered(s, "t")
+    assert spread("t", [1.0, 2.0])["t_q1"] >= 1.0  # inclusive quartiles: never outside the range
+    assert set(spread("t", [0.7]).values()) == {0.7}
+    with pytest.raises(ValueError, match="no measurements"):
+        spread("t", [])
+
+
+def test_step_breakdown_reports_every_phase_with_its_spread():
     rows = step_breakdown("lenet300", ["dense", "bc_gnj"], batch_size=8, repeats=2)
     assert [r["method"] for r in rows] == ["dense", "bc_gnj"]
     assert all(r[k] > 0 for r in rows for k in ("forward_ms", "forward_backward_ms", "optimizer_ms"))
     assert rows[0]["penalty_fwd_bwd_ms"] >= 0
+    assert all(_ordered(r, f"{p}_ms") for r in rows for p in PHASES) and rows[0]["calls"] == 2
 
 
 def test_train_cost_is_relative_to_the_first_method(mnist):
     rows = train_cost(mnist, "lenet300", ["dense", "bc_ghs"], repeats=1, train_subset=256)
     assert rows[0]["ratio_to_dense"] == 1.0 and rows[1]["epoch_seconds"] > 0
+    one = [rows[1]["epoch_seconds" + k] for k in SPREAD]  # one repeat: its one value, no spread
+    assert len(set(one)) == 1 and rows[1]["repeats"] == 1 and rows[1]["train_images"] == 256
+
+
+def test_bench_train_records_medians_spread_and_the_cpu_capability(tmp_path, data_dir):
+    from reproduce.__main__ import main
+
+    out = tmp_path / "r" / "bench" / "cpu"
+    assert main(["bench-train", "--results-dir", str(tmp_path / "r"), "--data-dir", str(data_dir),
+                 "--methods", "dense,bc_gnj", "--repeats", "2", "--train-subset", "256", "--threads", "1"]) == 0
+    epochs = pd.read_csv(out / "train_lenet300.csv")
+    assert list(epochs.columns) == ["model", "method", *(f"epoch_seconds{k}" for k in SPREAD), "ratio_to_dense",
+                                    "repeats", "threads", "batch_size", "train_images"]
+    assert list(epochs["method"]) == ["dense", "bc_gnj"] and epochs["ratio_to_dense"].iloc[0] == 1.0
+    assert (epochs["repeats"] == 2).all() and (epochs["threads"] == 1).all()
+    assert all(_ordered(r, "epoch_seconds") for _, r in epochs.iterrows())
+    steps = pd.read_csv(out / "train_lenet300_steps.csv")
+    assert list(steps.columns) == ["model", "method", "step_mflop", *(f"{p}_ms{k}" for p in PHASES for k in SPREAD),
+                                   "calls", "threads", "batch_size"]
+    assert all(_ordered(r, f"{p}_ms") for _, r in steps.iterrows() for p in PHASES)
+    meta = json.loads((out / "train_lenet300_meta.json").read_text())
+    assert meta["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert {"cpu_model", "cpu_count", "cpu_env", "torch", "git_commit", "finished"} <= set(meta)
+    assert meta["args"]["methods"] == "dense,bc_gnj" and meta["args"]["repeats"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["train_lenet300.csv", "train_lenet300_meta.json",
+                                                    "train_lenet300_steps.csv"]  # no temporary file left
+
+
+def test_an_interrupted_bench_train_leaves_the_recorded_files_as_they_were(tmp_path, data_dir, monkeypatch):
+    import reproduce.bench_train
+    from reproduce.__main__ import main
+
+    out = tmp_path / "bench" / "cpu"
+    out.mkdir(parents=True)
+    (out / "train_lenet300.csv").write_text("the previous bench\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce.bench_train, "step_breakdown", interrupted)  # after the epochs are timed
+    assert main(["bench-train", "--results-dir", str(tmp_path), "--data-dir", str(data_dir),
+                 "--methods", "dense", "--repeats", "1", "--train-subset", "128", "--threads", "1"]) == 130
+    assert [p.name for p in out.iterdir()] == ["train_lenet300.csv"]
+    assert (out / "train_lenet300.csv").read_text() == "the previous bench\n"
+
+
+def test_bench_train_names_an_unknown_method(tmp_path, capsys):
+    from reproduce.__main__ import main
+
+    assert main(["bench-train", "--results-dir", str(tmp_path), "--methods", "dense,bc_gnx"]) == 2
+    assert "no method 'bc_gnx'" in capsys.readouterr().err and not (tmp_path / "bench").exists()
 
 
 def test_inference_form_folds_the_normalisation_exactly_where_it_can():
