@@ -3,6 +3,8 @@
 `python -m reproduce table2` times every recorded model of the chosen profile (first recorded seed
 of each experiment) on this machine and writes results/bench/<device>/{inference.csv,
 training.csv, meta.json}, then renders figures/table2.md and figures/table2_speedup.{png,pdf}.
+Times are medians with their spread; meta.json records the machine (bench_train.machine: CPU model,
+the CPU capability torch's kernels use), the code's commit and the models timed.
 Everything but the times is deterministic: the models, inputs (seeded) and FLOP counts.
 How each is timed: reproduce/bench_inference.py (forward passes), reproduce/bench_train.py (training).
 """
@@ -14,6 +16,7 @@ import sys
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -27,7 +30,7 @@ from bayescomp.data import DATASETS, load_dataset  # noqa: E402
 from bayescomp.method import Dense  # noqa: E402
 from bayescomp.models import load_model  # noqa: E402
 from reproduce.bench_inference import inference_bench, op_profile  # noqa: E402
-from reproduce.bench_train import peak_training_memory, train_cost  # noqa: E402
+from reproduce.bench_train import machine, peak_training_memory, train_cost  # noqa: E402
 from reproduce.figures import save_figures  # noqa: E402
 from reproduce.registry import METHODS, has_posterior, prunes_groups, trains_like  # noqa: E402
 from reproduce.results import (artifact, bench_dir, bench_dirs, code_version, current_specs, provenance,  # noqa: E402
@@ -122,15 +125,14 @@ def measure(suite: Suite, profile: str, root: Path, device: str, data_dir: str |
                            device=device)
         for row in costs:
             row["peak_mb"] = peak_training_memory(model_name, row["method"], data, device=device)
-            row["train_images"] = TRAIN_SUBSET[model_name] or len(data.train_x)
         train_rows += costs
     out = bench_dir(root, dev.type)
     write_atomic(out / "inference.csv", pd.DataFrame(rows).to_csv(index=False))
     write_atomic(out / "training.csv", pd.DataFrame(train_rows).to_csv(index=False))
+    host = machine()  # CPU model and capability, torch, python
     meta = {"device": dev.type, "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
-            else (platform.processor() or platform.machine()), "cpu_count": torch.get_num_threads(),
-            "threads": list(threads), "torch": torch.__version__, "python": platform.python_version(),
-            **code_version(),
+            else (host["cpu_model"] or platform.processor() or platform.machine()),
+            "threads": list(threads), **host, **code_version(),
             "models": used, "profile": profile,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": time.time() - started}
     write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
@@ -153,7 +155,8 @@ def render(root: Path, out_dir: Path) -> str:
         inf = pd.read_csv(folder / "inference.csv")
         frames.append(inf)
         parts += [f"## {meta['device'].upper()}: {meta['device_name']}", "",
-                  f"torch {meta['torch']}, {provenance(meta)}, "
+                  f"torch {meta['torch']}, " + (f"{capability(meta)}, " if meta["device"] == "cpu" else "")
+                  + f"{provenance(meta)}, "
                   f"{meta['finished'][:10]}, {meta['wall_seconds'] / 60:.1f} min, "
                   f"models: {', '.join(meta['models'])}", ""]
         for model_name, g in inf.groupby("model", sort=False):
@@ -168,16 +171,40 @@ def render(root: Path, out_dir: Path) -> str:
         train = folder / "training.csv"
         if train.exists() and train.stat().st_size > 1:
             tr = pd.read_csv(train)
+            spread = ("over `repeats` epochs interleaved with the other methods', with their range (one repeat: "
+                      "no range; quartiles in training.csv)" if "epoch_seconds_min" in tr
+                      else "(recorded without its spread)")
             parts += [f"### Training cost ({meta['device']})", "",
-                      "Seconds per epoch (`train_images` images, batch 128, the suite's one loop), ratio to the "
-                      "dense model measured side by side, and the memory a few training steps add at their peak "
-                      "(CPU: rise of the peak resident set in a fresh process; GPU: max allocated).", "",
-                      tr.to_markdown(index=False, floatfmt=".2f"), ""]
+                      f"Median seconds per epoch (`train_images` images, batch 128, the suite's one loop) {spread}, "
+                      "ratio of the medians to the dense model's (measured side by side), and the memory a few "
+                      "training steps add at their peak (CPU: rise of the peak resident set in a fresh process; GPU: "
+                      "max allocated).", "",
+                      training_table(tr).to_markdown(index=False, floatfmt=".2f"), ""]
     text = "\n".join(parts) + "\n"
     write_atomic(out_dir / "table2.md", text)
     if frames:
         _figure(pd.concat(frames), out_dir)
     return text
+
+
+def capability(meta: dict[str, Any]) -> str:
+    """The CPU capability a bench folder's meta.json records ('CPU capability AVX2', with the CPU_ENV
+    variables that were set), or 'capability not recorded' (meta.json written before it was)."""
+    if not meta.get("cpu_capability"):
+        return "capability not recorded"
+    env = ", ".join(f"{k}={v}" for k, v in (meta.get("cpu_env") or {}).items())
+    return f"CPU capability {meta['cpu_capability']}" + (f" ({env})" if env else "")
+
+
+def training_table(tr: pd.DataFrame) -> pd.DataFrame:
+    """training.csv as Table 2 shows it: the epoch seconds' min and max as one `epoch_seconds range`
+    column beside the median, quartiles left in the file; a file without them (recorded before) as it is."""
+    if "epoch_seconds_min" not in tr:
+        return tr
+    shown = tr.drop(columns=[f"epoch_seconds_{k}" for k in ("min", "q1", "q3", "max")])
+    rng = tr.apply(lambda r: f"{r.epoch_seconds_min:.2f}–{r.epoch_seconds_max:.2f}", axis=1)
+    shown.insert(list(shown.columns).index("epoch_seconds") + 1, "epoch_seconds range", rng)
+    return shown
 
 
 def _figure(inf: pd.DataFrame, out_dir: Path) -> None:

@@ -143,6 +143,27 @@ def test_table2_times_recorded_models_and_renders(tmp_path, data_dir, monkeypatc
     assert (inf[inf["method"] == "dense"]["speedup"] == 1.0).all() and (inf["q1_ms"] <= inf["q3_ms"]).all()
     train = pd.read_csv(tmp_path / "r" / "bench" / "cpu" / "training.csv")
     assert list(train["method"]) == ["dense", "bc_ghs"] and (train["peak_mb"] > 0).all()
+    assert all(_ordered(r, "epoch_seconds") for _, r in train.iterrows()) and (train["repeats"] == 2).all()
+    meta = json.loads((tmp_path / "r" / "bench" / "cpu" / "meta.json").read_text())
+    assert meta["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     text = (tmp_path / "f" / "table2.md").read_text()
+    assert f"CPU capability {meta['cpu_capability']}" in text and "epoch_seconds range" in text
     assert any("BC-GHS" in line and "structured" in line for line in text.splitlines()) and "Training cost" in text
     assert (tmp_path / "f" / "table2_speedup.png").exists()
+
+
+def test_table2_renders_a_bench_recorded_before_the_capability_and_spread(tmp_path):
+    from reproduce.table2 import render
+    from tests.conftest import REPO
+
+    old = tmp_path / "r" / "bench" / "cpu"
+    old.mkdir(parents=True)
+    (old / "inference.csv").write_text((REPO / "results" / "bench" / "cpu" / "inference.csv").read_text())
+    meta = json.loads((REPO / "results" / "bench" / "cpu" / "meta.json").read_text())
+    meta.pop("cpu_capability", None)  # as meta.json was written before it recorded the capability
+    (old / "meta.json").write_text(json.dumps(meta))
+    (old / "training.csv").write_text("model,method,epoch_seconds,ratio_to_dense,threads,batch_size,peak_mb,"
+                                      "train_images\nlenet300,dense,1.19,1.0,2,128,15.1,55000\n")
+    text = render(tmp_path / "r", tmp_path / "f")
+    assert "capability not recorded" in text and "recorded without its spread" in text
+    assert "epoch_seconds range" not in text
