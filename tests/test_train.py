@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -128,3 +131,38 @@ def test_kl_weight_by_epoch(warmup, start, weights):
 def test_a_warmup_start_at_or_after_its_end_is_refused():
     with pytest.raises(ValueError, match="kl_warmup_start must be >= 0 and below kl_warmup_epochs"):
         TrainConfig(epochs=9, kl_warmup_epochs=5, kl_warmup_start=5)
+
+
+_FAULTS_PER_STEP = """
+import resource, sys, torch, torch.nn.functional as F
+from bayescomp.models import lenet300
+from bayescomp.train import keep_freed_memory
+from reproduce.registry import METHODS
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+torch.set_num_threads(1)
+method = METHODS["bc_gnj"]()
+model = lenet300(layers=method.layers())
+opt = torch.optim.Adam(model.parameters(), fused=True)
+x, y = torch.rand(128, 784), torch.randint(0, 10, (128,))
+def step():
+    opt.zero_grad()
+    (F.cross_entropy(model(x), y) + method.penalty(model) / 6e4).backward()
+    opt.step()
+for _ in range(5):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_keep_freed_memory_stops_the_page_faults_of_every_training_step():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    faults = {mode: float(subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP, mode], capture_output=True,
+                                         text=True, check=True, env=env, cwd=REPO).stdout)
+              for mode in ("keep", "default")}
+    assert faults["default"] > 100  # glibc's default: the step's large tensors are mmapped afresh each time
+    assert faults["keep"] < faults["default"] / 10
