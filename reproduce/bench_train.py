@@ -26,17 +26,18 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from bayescomp.data import DATASETS, ImageData, load_dataset
 from bayescomp.models import MODELS
-from bayescomp.train import TrainConfig, fit
+from bayescomp.train import TrainConfig, fit, keep_freed_memory
 from reproduce.registry import METHODS
 from reproduce.results import bench_dir, code_version, write_atomic
 from reproduce.spec import Suite
 
 CPU_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # environment variables that change the CPU kernels
-PHASES = ("forward", "forward_backward", "penalty_fwd_bwd", "optimizer", "step_end")  # step_breakdown's
+PHASES = ("forward", "forward_backward", "penalty_fwd_bwd", "optimizer", "step_end", "sampling")  # step_breakdown's
 
 
 def bench_train_command(args: argparse.Namespace, suite: Suite) -> int:
@@ -138,8 +139,11 @@ def step_breakdown(model_name: str, methods: list[str], dataset: str = "mnist", 
     """Milliseconds per training step, by phase (PHASES), on random data shaped as `dataset`'s: where a
     method's extra cost goes; each phase called `repeats` times after 10 warm-up calls, each call timed on
     its own (`spread`: <phase>_ms the median, with _min, _q1, _q3, _max); and the step's matrix-product
-    MFLOP (torch's FlopCounterMode), the arithmetic floor of its cost."""
+    MFLOP (torch's FlopCounterMode), the arithmetic floor of its cost. `sampling`: drawing as many
+    standard Gaussians as one forward pass draws (`gaussians`, counted by `_GaussianCounter`) in one
+    call, the noise the method needs (one sample per example), a serial cost beside the products."""
     info = DATASETS[dataset]
+    keep_freed_memory()  # as bayescomp.train.fit
 
     def clock(fn: Callable[[], Any]) -> list[float]:
         for _ in range(10):
@@ -168,15 +172,32 @@ def step_breakdown(model_name: str, methods: list[str], dataset: str = "mnist", 
             if p.requires_grad:
                 p.backward()
 
-        with FlopCounterMode(display=False) as counter:  # matrix products of one forward + backward
+        with FlopCounterMode(display=False) as counter, _GaussianCounter() as gaussians:  # one forward + backward
             forward_backward()
-        row: dict[str, Any] = {"model": model_name, "method": name, "step_mflop": counter.get_total_flops() / 1e6}
+        noise = torch.empty(gaussians.count)
+        row: dict[str, Any] = {"model": model_name, "method": name, "step_mflop": counter.get_total_flops() / 1e6,
+                               "gaussians": gaussians.count}
         phases = {"forward": lambda: F.cross_entropy(model(x), y), "forward_backward": forward_backward,
-                  "penalty_fwd_bwd": penalty, "optimizer": opt.step, "step_end": lambda: method.on_step_end(model)}
+                  "penalty_fwd_bwd": penalty, "optimizer": opt.step, "step_end": lambda: method.on_step_end(model),
+                  "sampling": noise.normal_}
         for phase in PHASES:
             row.update(spread(f"{phase}_ms", clock(phases[phase])))
         rows.append({**row, "calls": repeats, "threads": torch.get_num_threads(), "batch_size": batch_size})
     return rows
+
+
+class _GaussianCounter(TorchDispatchMode):
+    """Counts the standard Gaussians drawn by the operations run inside it (aten.normal_, aten.randn*)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.normal_, torch.ops.aten.randn, torch.ops.aten.randn_like):
+            self.count += out.numel()
+        return out
 
 
 def peak_training_memory(model_name: str, method_name: str, data: ImageData, steps: int = 30,

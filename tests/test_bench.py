@@ -31,6 +31,8 @@ def test_step_breakdown_reports_every_phase_with_its_spread():
     assert all(r[k] > 0 for r in rows for k in ("forward_ms", "forward_backward_ms", "optimizer_ms"))
     assert rows[0]["penalty_fwd_bwd_ms"] >= 0
     assert all(_ordered(r, f"{p}_ms") for r in rows for p in PHASES) and rows[0]["calls"] == 2
+    # the noise one BC step draws: a z per example and input unit, an ε per example and output unit
+    assert [r["gaussians"] for r in rows] == [0, 8 * (784 + 300 + 100) + 8 * (300 + 100 + 10)]
 
 
 def test_train_cost_is_relative_to_the_first_method(mnist):
@@ -53,7 +55,8 @@ def test_bench_train_records_medians_spread_and_the_cpu_capability(tmp_path, dat
     assert (epochs["repeats"] == 2).all() and (epochs["threads"] == 1).all()
     assert all(_ordered(r, "epoch_seconds") for _, r in epochs.iterrows())
     steps = pd.read_csv(out / "train_lenet300_steps.csv")
-    assert list(steps.columns) == ["model", "method", "step_mflop", *(f"{p}_ms{k}" for p in PHASES for k in SPREAD),
+    assert list(steps.columns) == ["model", "method", "step_mflop", "gaussians",
+                                   *(f"{p}_ms{k}" for p in PHASES for k in SPREAD),
                                    "calls", "threads", "batch_size"]
     assert all(_ordered(r, f"{p}_ms") for _, r in steps.iterrows() for p in PHASES)
     meta = json.loads((out / "train_lenet300_meta.json").read_text())
