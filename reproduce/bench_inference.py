@@ -2,17 +2,15 @@
 
 inference_bench: forward time of the dense model, of each recorded structurally pruned model and
 of its CSR form (Linear layers as torch.sparse CSR), beside the bound a FLOP count allows (multiply-adds
-counted by bayescomp.metrics.multiply_adds); every model in its inference form (the input
-normalisation folded into the first layer where exact).
+counted by bayescomp.metrics.multiply_adds); every model in its inference form
+(reproduce/inference_form.py: the input normalisation folded into the first layer where exact).
 op_profile: where the time of a forward pass goes, by operator. Training cost is
 reproduce/bench_train.py.
 """
 from __future__ import annotations
 
-import copy
 import statistics
 import time
-import warnings
 from typing import Any
 
 import pandas as pd
@@ -22,72 +20,10 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from bayescomp.metrics import multiply_adds
-from bayescomp.models import Normalize
+from reproduce.inference_form import SparseLinear, inference_form, sparse_variant  # noqa: F401 (re-exported)
 
 
 BATCH_SIZES = {"lenet300": (1, 64, 1024), "lenet5_caffe": (1, 64, 1024), "vgg_cifar": (1, 64, 256)}
-
-
-class SparseLinear(nn.Module):
-    """A Linear layer whose weight is stored as torch.sparse CSR (the zeros of pruning not stored)."""
-
-    def __init__(self, layer: nn.Linear) -> None:
-        super().__init__()
-        w = layer.weight.detach()
-        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-            warnings.simplefilter("ignore", UserWarning)
-            self.register_buffer("weight", w.to_sparse_csr())  # buffers: .to(device) moves them
-        self.register_buffer("bias", layer.bias.detach().clone() if layer.bias is not None else None)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = (self.weight @ x.T).T  # CSR (out, in) @ dense (in, batch)
-        return y + self.bias if self.bias is not None else y
-
-
-@torch.no_grad()
-def inference_form(model: nn.Module) -> nn.Module:
-    """A copy with the input normalisation folded into the first weight layer, where that is exact
-    (a Linear layer, or a conv without padding): (x − m)/s · W = x · W/s − (W/s)·m. The dense and the
-    pruned models are timed in this form alike; otherwise the normalisation of the whole unpruned
-    input would be a fixed cost that pruning cannot touch."""
-    out = copy.deepcopy(model).eval()
-    norm_parent, norm_name, first = None, None, None
-    for parent in out.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, Normalize) and norm_parent is None:
-                norm_parent, norm_name = parent, name
-            elif isinstance(child, (nn.Linear, nn.Conv2d)) and first is None:
-                first = child
-    if norm_parent is None or first is None:
-        return out
-    norm = getattr(norm_parent, norm_name)
-    mean, std = norm.mean.flatten(), norm.std.flatten()
-    if isinstance(first, nn.Conv2d):
-        pad = first.padding
-        if pad != "valid" and (isinstance(pad, str) or any(pad)):
-            return out  # zero padding of the normalised input is not zero padding of the raw one
-        w = first.weight / std.view(1, -1, 1, 1)
-        shift = (w * mean.view(1, -1, 1, 1)).sum((1, 2, 3))
-    else:
-        w = first.weight / std.repeat_interleave(first.in_features // len(std))
-        shift = w.sum(1) * mean if len(mean) == 1 else w @ mean.repeat_interleave(first.in_features // len(mean))
-    first.weight.copy_(w)
-    if first.bias is None:
-        first.bias = nn.Parameter(-shift)
-    else:
-        first.bias.sub_(shift)
-    setattr(norm_parent, norm_name, nn.Identity())
-    return out
-
-
-def sparse_variant(model: nn.Module) -> nn.Module:
-    """The model with every Linear layer in CSR form; conv layers stay dense (their structured form)."""
-    out = copy.deepcopy(model)
-    for name, mod in list(out.named_modules()):
-        for child_name, child in list(mod.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(mod, child_name, SparseLinear(child))
-    return out
 
 
 def time_forwards(nets: list[nn.Module], x: Tensor, seconds: float = 0.5, min_reps: int = 9,
