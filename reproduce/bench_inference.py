@@ -2,8 +2,8 @@
 
 inference_bench: forward time of the dense model, of each recorded structurally pruned model and
 of its CSR form (Linear layers as torch.sparse CSR), beside the bound a FLOP count allows (multiply-adds
-counted by bayescomp.metrics.multiply_adds); every model in its inference form
-(reproduce/inference_form.py: the input normalisation folded into the first layer where exact).
+of the model itself, counted by bayescomp.metrics.multiply_adds); every model timed in its inference
+form (reproduce/inference_form.py: the same function, rewritten to run fast, for dense and pruned alike).
 op_profile: where the time of a forward pass goes, by operator. Training cost is
 reproduce/bench_train.py.
 """
@@ -65,16 +65,16 @@ def inference_bench(models: dict[str, dict[str, nn.Module]], input_shapes: dict[
     dev = torch.device(device)
     jobs = []
     for model_name, by_method in models.items():
-        by_method = {k: inference_form(v) for k, v in by_method.items()}
-        dense, shape = by_method["dense"], input_shapes[model_name]
-        dense_macs = multiply_adds(dense, shape)
-        for method, small in by_method.items():
-            variants = ({"dense": (dense, dense_macs)} if method == "dense"
-                        else {"structured": (small, multiply_adds(small, shape))})
-            if method != "dense" and any(isinstance(m, nn.Linear) and bool((m.weight == 0).any()) for m in small.modules()):
-                variants["sparse CSR"] = (sparse_variant(small), multiply_adds(small, shape, nonzero=True))
-            for variant, (net, macs) in variants.items():
-                jobs.append((model_name, method, variant, net.to(dev).eval(), macs, dense_macs))
+        shape = input_shapes[model_name]
+        dense_macs = multiply_adds(by_method["dense"], shape)  # counted on the models, not on their forms
+        for method, model in by_method.items():
+            macs = dense_macs if method == "dense" else multiply_adds(model, shape)
+            variants = {"dense" if method == "dense" else "structured": (inference_form(model, dev), macs)}
+            if method != "dense" and any(isinstance(m, nn.Linear) and bool((m.weight == 0).any()) for m in model.modules()):
+                variants["sparse CSR"] = (inference_form(model, dev, sparse=True),
+                                          multiply_adds(model, shape, nonzero=True))
+            for variant, (net, n_macs) in variants.items():
+                jobs.append((model_name, method, variant, net.to(dev).eval(), n_macs, dense_macs))
     cpu_threads = threads if dev.type == "cpu" else (torch.get_num_threads(),)
     rows = []
     groups = {m: [j for j in jobs if j[0] == m] for m in models}  # every form of one model, timed in turns
@@ -111,7 +111,7 @@ def op_profile(models: dict[str, nn.Module], input_shape: tuple[int, ...], batch
     x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     cols = {}
     for label, model in models.items():
-        net = inference_form(model)
+        net = inference_form(model, "cpu")
         with torch.inference_mode():
             for _ in range(3):
                 net(x)
