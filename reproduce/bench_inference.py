@@ -9,6 +9,8 @@ reproduce/bench_train.py.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import statistics
 import time
 from typing import Any
@@ -24,6 +26,23 @@ from reproduce.inference_form import SparseLinear, inference_form, sparse_varian
 
 
 BATCH_SIZES = {"lenet300": (1, 64, 1024), "lenet5_caffe": (1, 64, 1024), "vgg_cifar": (1, 64, 256)}
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc (if that is the allocator) to keep freed memory for reuse: blocks up to 64 MB
+    from its heap instead of fresh mmaps, and no trimming of the heap below 1 GB. Otherwise a block above
+    its mmap threshold (which only grows with what was freed, up to 32 MB) is mapped anew at every
+    allocation, and each forward pass pays a page fault per 4 KB of it: a conv's 3 MB of scratch took
+    825 faults and 2.0 ms instead of 0.4, and LeNet-5's 47 MB conv1 output at batch 1024 is always
+    mapped anew. Those costs hit one model and not another by the sizes of its tensors, not by its work.
+    The process keeps the setting. True if it was applied."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    mapped = libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20) or libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # some glibcs cap it
+    return bool(mapped) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def time_forwards(nets: list[nn.Module], x: Tensor, seconds: float = 0.5, min_reps: int = 9,
@@ -63,6 +82,8 @@ def inference_bench(models: dict[str, dict[str, nn.Module]], input_shapes: dict[
     """models: model name -> {method label -> structurally pruned model}, 'dense' included.
     One row per (model, method, variant, threads, batch): time, speed-up vs dense, FLOP-ratio bound."""
     dev = torch.device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
     jobs = []
     for model_name, by_method in models.items():
         shape = input_shapes[model_name]
@@ -107,6 +128,7 @@ def op_profile(models: dict[str, nn.Module], input_shape: tuple[int, ...], batch
                reps: int = 20) -> pd.DataFrame:
     """Self CPU milliseconds per forward pass, by operator (torch.profiler), for each model (in its
     inference form): where the time goes when a speed-up falls short of its FLOP ratio."""
+    keep_freed_memory()
     torch.set_num_threads(threads)
     x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     cols = {}
