@@ -2,17 +2,17 @@
 
 inference_bench: forward time of the dense model, of each recorded structurally pruned model and
 of its CSR form (Linear layers as torch.sparse CSR), beside the bound a FLOP count allows (multiply-adds
-counted by bayescomp.metrics.multiply_adds); every model in its inference form (the input
-normalisation folded into the first layer where exact).
+of the model itself, counted by bayescomp.metrics.multiply_adds); every model timed in its inference
+form (reproduce/inference_form.py: the same function, rewritten to run fast, for dense and pruned alike).
 op_profile: where the time of a forward pass goes, by operator. Training cost is
 reproduce/bench_train.py.
 """
 from __future__ import annotations
 
-import copy
+import ctypes
+import ctypes.util
 import statistics
 import time
-import warnings
 from typing import Any
 
 import pandas as pd
@@ -22,72 +22,27 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from bayescomp.metrics import multiply_adds
-from bayescomp.models import Normalize
+from reproduce.inference_form import SparseLinear, inference_form, sparse_variant  # noqa: F401 (re-exported)
 
 
 BATCH_SIZES = {"lenet300": (1, 64, 1024), "lenet5_caffe": (1, 64, 1024), "vgg_cifar": (1, 64, 256)}
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
-class SparseLinear(nn.Module):
-    """A Linear layer whose weight is stored as torch.sparse CSR (the zeros of pruning not stored)."""
-
-    def __init__(self, layer: nn.Linear) -> None:
-        super().__init__()
-        w = layer.weight.detach()
-        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-            warnings.simplefilter("ignore", UserWarning)
-            self.register_buffer("weight", w.to_sparse_csr())  # buffers: .to(device) moves them
-        self.register_buffer("bias", layer.bias.detach().clone() if layer.bias is not None else None)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = (self.weight @ x.T).T  # CSR (out, in) @ dense (in, batch)
-        return y + self.bias if self.bias is not None else y
-
-
-@torch.no_grad()
-def inference_form(model: nn.Module) -> nn.Module:
-    """A copy with the input normalisation folded into the first weight layer, where that is exact
-    (a Linear layer, or a conv without padding): (x − m)/s · W = x · W/s − (W/s)·m. The dense and the
-    pruned models are timed in this form alike; otherwise the normalisation of the whole unpruned
-    input would be a fixed cost that pruning cannot touch."""
-    out = copy.deepcopy(model).eval()
-    norm_parent, norm_name, first = None, None, None
-    for parent in out.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, Normalize) and norm_parent is None:
-                norm_parent, norm_name = parent, name
-            elif isinstance(child, (nn.Linear, nn.Conv2d)) and first is None:
-                first = child
-    if norm_parent is None or first is None:
-        return out
-    norm = getattr(norm_parent, norm_name)
-    mean, std = norm.mean.flatten(), norm.std.flatten()
-    if isinstance(first, nn.Conv2d):
-        pad = first.padding
-        if pad != "valid" and (isinstance(pad, str) or any(pad)):
-            return out  # zero padding of the normalised input is not zero padding of the raw one
-        w = first.weight / std.view(1, -1, 1, 1)
-        shift = (w * mean.view(1, -1, 1, 1)).sum((1, 2, 3))
-    else:
-        w = first.weight / std.repeat_interleave(first.in_features // len(std))
-        shift = w.sum(1) * mean if len(mean) == 1 else w @ mean.repeat_interleave(first.in_features // len(mean))
-    first.weight.copy_(w)
-    if first.bias is None:
-        first.bias = nn.Parameter(-shift)
-    else:
-        first.bias.sub_(shift)
-    setattr(norm_parent, norm_name, nn.Identity())
-    return out
-
-
-def sparse_variant(model: nn.Module) -> nn.Module:
-    """The model with every Linear layer in CSR form; conv layers stay dense (their structured form)."""
-    out = copy.deepcopy(model)
-    for name, mod in list(out.named_modules()):
-        for child_name, child in list(mod.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(mod, child_name, SparseLinear(child))
-    return out
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc (if that is the allocator) to keep freed memory for reuse: blocks up to 64 MB
+    from its heap instead of fresh mmaps, and no trimming of the heap below 1 GB. Otherwise a block above
+    its mmap threshold (which only grows with what was freed, up to 32 MB) is mapped anew at every
+    allocation, and each forward pass pays a page fault per 4 KB of it: a conv's 3 MB of scratch took
+    825 faults and 2.0 ms instead of 0.4, and LeNet-5's 47 MB conv1 output at batch 1024 is always
+    mapped anew. Those costs hit one model and not another by the sizes of its tensors, not by its work.
+    The process keeps the setting. True if it was applied."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    mapped = libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20) or libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # some glibcs cap it
+    return bool(mapped) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def time_forwards(nets: list[nn.Module], x: Tensor, seconds: float = 0.5, min_reps: int = 9,
@@ -127,18 +82,20 @@ def inference_bench(models: dict[str, dict[str, nn.Module]], input_shapes: dict[
     """models: model name -> {method label -> structurally pruned model}, 'dense' included.
     One row per (model, method, variant, threads, batch): time, speed-up vs dense, FLOP-ratio bound."""
     dev = torch.device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
     jobs = []
     for model_name, by_method in models.items():
-        by_method = {k: inference_form(v) for k, v in by_method.items()}
-        dense, shape = by_method["dense"], input_shapes[model_name]
-        dense_macs = multiply_adds(dense, shape)
-        for method, small in by_method.items():
-            variants = ({"dense": (dense, dense_macs)} if method == "dense"
-                        else {"structured": (small, multiply_adds(small, shape))})
-            if method != "dense" and any(isinstance(m, nn.Linear) and bool((m.weight == 0).any()) for m in small.modules()):
-                variants["sparse CSR"] = (sparse_variant(small), multiply_adds(small, shape, nonzero=True))
-            for variant, (net, macs) in variants.items():
-                jobs.append((model_name, method, variant, net.to(dev).eval(), macs, dense_macs))
+        shape = input_shapes[model_name]
+        dense_macs = multiply_adds(by_method["dense"], shape)  # counted on the models, not on their forms
+        for method, model in by_method.items():
+            macs = dense_macs if method == "dense" else multiply_adds(model, shape)
+            variants = {"dense" if method == "dense" else "structured": (inference_form(model, dev), macs)}
+            if method != "dense" and any(isinstance(m, nn.Linear) and bool((m.weight == 0).any()) for m in model.modules()):
+                variants["sparse CSR"] = (inference_form(model, dev, sparse=True),
+                                          multiply_adds(model, shape, nonzero=True))
+            for variant, (net, n_macs) in variants.items():
+                jobs.append((model_name, method, variant, net.to(dev).eval(), n_macs, dense_macs))
     cpu_threads = threads if dev.type == "cpu" else (torch.get_num_threads(),)
     rows = []
     groups = {m: [j for j in jobs if j[0] == m] for m in models}  # every form of one model, timed in turns
@@ -171,11 +128,12 @@ def op_profile(models: dict[str, nn.Module], input_shape: tuple[int, ...], batch
                reps: int = 20) -> pd.DataFrame:
     """Self CPU milliseconds per forward pass, by operator (torch.profiler), for each model (in its
     inference form): where the time goes when a speed-up falls short of its FLOP ratio."""
+    keep_freed_memory()
     torch.set_num_threads(threads)
     x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     cols = {}
     for label, model in models.items():
-        net = inference_form(model)
+        net = inference_form(model, "cpu")
         with torch.inference_mode():
             for _ in range(3):
                 net(x)
