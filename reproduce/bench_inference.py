@@ -9,8 +9,6 @@ reproduce/bench_train.py.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import statistics
 import time
 from typing import Any
@@ -22,27 +20,11 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from bayescomp.metrics import multiply_adds
+from bayescomp.train import keep_freed_memory  # every forward pass then reuses its blocks, as training does
 from reproduce.inference_form import SparseLinear, inference_form, sparse_variant  # noqa: F401 (re-exported)
 
 
 BATCH_SIZES = {"lenet300": (1, 64, 1024), "lenet5_caffe": (1, 64, 1024), "vgg_cifar": (1, 64, 256)}
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc (if that is the allocator) to keep freed memory for reuse: blocks up to 64 MB
-    from its heap instead of fresh mmaps, and no trimming of the heap below 1 GB. Otherwise a block above
-    its mmap threshold (which only grows with what was freed, up to 32 MB) is mapped anew at every
-    allocation, and each forward pass pays a page fault per 4 KB of it: a conv's 3 MB of scratch took
-    825 faults and 2.0 ms instead of 0.4, and LeNet-5's 47 MB conv1 output at batch 1024 is always
-    mapped anew. Those costs hit one model and not another by the sizes of its tensors, not by its work.
-    The process keeps the setting. True if it was applied."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    mapped = libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20) or libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # some glibcs cap it
-    return bool(mapped) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def time_forwards(nets: list[nn.Module], x: Tensor, seconds: float = 0.5, min_reps: int = 9,

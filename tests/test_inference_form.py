@@ -144,9 +144,3 @@ def test_the_bench_counts_multiply_adds_on_the_model_not_on_its_form(monkeypatch
     macs = {r["method"]: r["macs_per_image"] for r in rows}
     assert macs == {"dense": 2_293_000, "BC": multiply_adds(small, (1, 28, 28))}
     assert multiply_adds(inference_form(small), (1, 28, 28)) > macs["BC"]  # the form's conv1 has a 6x6 kernel
-
-
-def test_keep_freed_memory_says_whether_it_applied():
-    from reproduce.bench_inference import keep_freed_memory
-
-    assert isinstance(keep_freed_memory(), bool)
