@@ -132,8 +132,8 @@ def test_recorded_results_cover_every_method():
 def test_every_recorded_model_decodes_exactly_from_its_file(folder, tmp_path):
     """decode(model.bcw) is model.pt's weights bit for bit; CR max = 32|W| / file bits never falls below
     the recorded one, and for every Bayesian row (BC-GNJ, BC-GHS, Sparse VD) the file is smaller than CR fast's
-    count of `bits` per kept weight: its values are grid integers of t <= bits - 2 bits, entropy coded, so the
-    rest pays for the positions and headers. (This test used to ask for 1.4 x CR fast, a margin observed on the
+    count of `bits` per kept weight: its values are grid integers of t <= bits - 2 bits, entropy coded, which
+    leaves room for the positions and headers (not a law: a row whose positions cost more would fail here). (This test used to ask for 1.4 x CR fast, a margin observed on the
     rows of the time, not derived; the 200-epoch LeNet-5-Caffe BC-GNJ model, 2.7 KB of which 6 % are headers,
     has 1.397 x.)"""
     metrics = json.loads((folder / "metrics.json").read_text())
