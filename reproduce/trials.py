@@ -23,7 +23,7 @@ from bayescomp.artifact import load_plain  # noqa: E402
 from reproduce.figures import save_figures  # noqa: E402
 from reproduce.results import load_result, result_dir, status, work_dir, write_atomic  # noqa: E402
 from reproduce.run import metrics_line, parse_deadline, run_one  # noqa: E402
-from reproduce.spec import Suite  # noqa: E402
+from reproduce.spec import RunSpec, Suite  # noqa: E402
 
 CURVES = (("val_error_pct", "validation error % (unpruned)"), ("penalty_per_n", "KL per example (nats)"),
           ("prunable_pct", "% weights past the reference threshold"))
@@ -57,28 +57,41 @@ def trials_command(args: argparse.Namespace, suite: Suite) -> int:
 
 def trial_history(suite: Suite, name: str, root: Path, seed: int) -> tuple[pd.DataFrame | None, str]:
     """(history, state): a finished trial's history.csv, or the epochs of its resume point so far."""
-    spec = suite.resolve_trial(name)
+    return run_history(suite.resolve_trial(name), root, seed)
+
+
+def run_history(spec: RunSpec, root: Path, seed: int) -> tuple[pd.DataFrame | None, str]:
+    """(history, state) of one run of `spec`: its history.csv when current, else the epochs of its resume point."""
     if status(root, spec, seed) == "current":
         return pd.read_csv(result_dir(root, spec.id, spec.profile, seed) / "history.csv"), "finished"
     ckpt = work_dir(root, spec.id, spec.profile, seed) / "checkpoint.pt"
     if ckpt.exists():
-        state = load_plain(ckpt, f"delete it to restart the trial: rm {ckpt}")
+        state = load_plain(ckpt, f"delete it to restart the run: rm {ckpt}")
         return pd.DataFrame(state["history"]), f"in progress ({state['epoch']}/{spec.train.epochs} epochs)"
     return None, "not started"
 
 
 def compare(suite: Suite, experiment: str, root: Path, seed: int = 0) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One row per trial of `experiment`: what it changes, its curves at AT_EPOCHS, final metrics."""
+    """One row per trial of `experiment`: what it changes, its curves at AT_EPOCHS, final metrics. First,
+    as the reference the trials change, a row for the experiment's own run in each profile a trial starts
+    from (named by its profile in brackets, e.g. `[paper]`), where that run is finished or in progress."""
     names = [n for n, t in suite.trials.items() if t["experiment"] == experiment]
     if not names:
         raise ValueError(f"no [[trial]] of {experiment!r} in the experiments file; trials exist for: "
                          f"{', '.join(sorted({t['experiment'] for t in suite.trials.values()})) or '(none)'}")
+    runs: list[tuple[str, RunSpec, str]] = []
+    for base in dict.fromkeys(suite.trials[n].get("base", "paper") for n in names):
+        spec = suite.resolve(experiment, base)
+        if seed in spec.seeds:
+            runs.append((f"[{base}]", spec, "(none: the reference)"))
+    runs += [(n, suite.resolve_trial(n), ", ".join(f"{k}={v}" for k, v in suite.trials[n].get("set", {}).items()))
+             for n in names]
     rows, histories = [], {}
-    for name in names:
-        spec = suite.resolve_trial(name)
-        hist, state = trial_history(suite, name, root, seed)
-        row = {"trial": name, "changes": ", ".join(f"{k}={v}" for k, v in suite.trials[name].get("set", {}).items()),
-               "state": state}
+    for name, spec, changes in runs:
+        hist, state = run_history(spec, root, seed)
+        if name.startswith("[") and hist is None:
+            continue  # a reference run not begun: nothing to compare against
+        row = {"trial": name, "changes": changes, "state": state}
         if hist is not None:
             histories[name] = hist
             for e in AT_EPOCHS:

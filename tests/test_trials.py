@@ -59,3 +59,18 @@ def test_trial_runs_records_beside_its_experiment_and_compares(tmp_path, data_di
     assert "| ghs_warm " in out and "finished" in out and "| ghs_scratch " in out and "not started" in out
     assert (tmp_path / "f" / "trials_lenet300.bc_ghs.png").exists()
     assert not (tmp_path / "r" / "lenet300.bc_ghs" / "quick").exists()  # the experiment's own rows untouched
+    assert "[quick]" not in out  # the reference run, not begun, is no row
+
+
+def test_trials_compare_against_the_run_of_the_profile_they_start_from(tmp_path, data_dir, capsys):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC + TRIALS)
+    args = ["--spec", str(path), "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")]
+    assert main(["run", "lenet300.bc_ghs", "--profile", "quick", "--data-dir", str(data_dir), "--no-progress",
+                 "--device", "cpu", *args]) == 0
+    capsys.readouterr()
+    assert main(["trials", "lenet300.bc_ghs", *args]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")]
+    reference = [r for r in rows if r.startswith("| [quick]")]
+    assert len(reference) == 1 and "finished" in reference[0] and "(none: the reference)" in reference[0]
+    assert rows.index(reference[0]) == 1  # first under the header, above the trials
