@@ -1,4 +1,4 @@
-"""Command line: python -m reproduce {list, run, trial, trials, table1, table2, check, calibrate, sweep, recode,
+"""Command line: python -m reproduce {list, run, trial, trials, adopt, table1, table2, check, calibrate, sweep, recode,
 migrate, figures, bench-train, report}.
 
 Verbs and switches only; hyperparameters and expected values live in experiments.toml.
@@ -30,11 +30,12 @@ from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite
 from reproduce.sweep import sweep_command
 from reproduce.table2 import table2_command
 from reproduce.tables import table1_command
-from reproduce.trials import trial_command, trials_command
+from reproduce.trials import adopt_command, trial_command, trials_command
 
 
 VERBS: dict[str, Callable[[argparse.Namespace, Suite], int]] = {  # what each verb does, in its own module
     "list": list_command, "run": run_command, "trial": trial_command, "trials": trials_command,
+    "adopt": adopt_command,
     "table1": table1_command, "check": check_command, "table2": table2_command, "sweep": sweep_command,
     "calibrate": calibrate_command, "recode": recode_command, "migrate": migrate_command,
     "figures": figures_command, "bench-train": bench_train_command, "report": report_command}
@@ -64,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     p_trials = sub.add_parser("trials", parents=[common],
                               help="compare the recorded trials of an experiment, epoch by epoch: figures/trials_<id>.{md,png}")
     p_trials.add_argument("experiment", nargs="?", default=None, help="experiment id (default: list the trials)")
+    p_adopt = sub.add_parser("adopt", parents=[common],
+                             help="record the finished runs of one profile or trial under another of the same spec (same hash), without training")
+    p_adopt.add_argument("experiment", help="experiment id")
+    p_adopt.add_argument("source", metavar="FROM", help="a profile, or trial.NAME")
+    p_adopt.add_argument("dest", metavar="TO", help="a profile, or trial.NAME")
     for p in (p_run, p_trial):  # the verbs that can stop cleanly and resume later, on this or another machine
         p.add_argument("--stop-at", default=None, metavar="WHEN",
                        help="stop at the last epoch boundary before WHEN (+90m, +2h, +3600s, HH:MM or an ISO "

@@ -7,10 +7,17 @@ every trial of that experiment: per epoch the validation error of the unpruned p
 KL per example and the share of weights past the method's reference threshold (from the finished
 run's history, or from the resume point of one still in progress), and for finished trials the
 table metrics under the experiment's own threshold rule. Trials never enter Table 1.
+
+`python -m reproduce adopt EXPERIMENT FROM TO` records a finished run under another profile or trial
+whose spec is the same (equal spec hash: the same training, seed for seed), instead of training it
+again: a trial promoted to the `paper` recipe, or a superseded `paper` run kept as a trial.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import time
 from pathlib import Path
 
 import matplotlib
@@ -21,9 +28,10 @@ import pandas as pd  # noqa: E402
 
 from bayescomp.artifact import load_plain  # noqa: E402
 from reproduce.figures import save_figures  # noqa: E402
-from reproduce.results import load_result, result_dir, status, work_dir, write_atomic  # noqa: E402
+from reproduce.results import (load_record, load_result, result_dir, run_lock, staged_dir, staging_dir,  # noqa: E402
+                               status, work_dir, write_atomic)
 from reproduce.run import metrics_line, parse_deadline, run_one  # noqa: E402
-from reproduce.spec import RunSpec, Suite  # noqa: E402
+from reproduce.spec import RunSpec, SpecError, Suite  # noqa: E402
 
 CURVES = (("val_error_pct", "validation error % (unpruned)"), ("penalty_per_n", "KL per example (nats)"),
           ("prunable_pct", "% weights past the reference threshold"))
@@ -129,3 +137,50 @@ def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int =
         fig.tight_layout()
         save_figures(fig, figures, f"trials_{experiment}")
     return text
+
+
+def run_spec(suite: Suite, experiment: str, where: str) -> RunSpec:
+    """The spec of `experiment` in profile `where`, or of trial NAME where `where` is `trial.NAME`."""
+    if not where.startswith("trial."):
+        return suite.resolve(experiment, where)
+    spec = suite.resolve_trial(where[len("trial."):])
+    if spec.id != experiment:
+        raise SpecError(f"{where} is a trial of {spec.id}, not of {experiment}")
+    return spec
+
+
+def adopt_command(args: argparse.Namespace, suite: Suite) -> int:
+    """`python -m reproduce adopt EXPERIMENT FROM TO`: copy the current results of profile (or trial.NAME)
+    FROM to TO, for the seeds both list, when both resolve to the same spec hash; spec.json then names TO
+    and records `adopted_from`. Refused, writing nothing, when the specs differ."""
+    root = args.results_dir
+    src, dst = run_spec(suite, args.experiment, args.source), run_spec(suite, args.experiment, args.dest)
+    if src.hash != dst.hash:
+        a, b = src.hashed_content(), dst.hashed_content()
+        a, b = {**a, **a.pop("train")}, {**b, **b.pop("train")}
+        diff = ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+        raise SpecError(f"{args.experiment}: {args.source} and {args.dest} are different specs ({diff}); a run of one "
+                        f"is not a run of the other: train it with python -m reproduce "
+                        + (f"trial {args.dest[len('trial.'):]}" if args.dest.startswith("trial.")
+                           else f"run {args.experiment} --profile {args.dest}"))
+    seeds = [s for s in dst.seeds if s in src.seeds and status(root, src, s) == "current"]
+    if not seeds:
+        raise ValueError(f"{args.experiment} has no current result in {args.source} for the seeds of {args.dest} "
+                         f"({', '.join(map(str, dst.seeds))}) to adopt: see python -m reproduce trials {args.experiment}")
+    for seed in seeds:
+        out = result_dir(root, dst.id, dst.profile, seed)
+        if status(root, dst, seed) == "current":
+            print(f"{dst.id} {dst.profile} seed {seed}: already current, left as it is")
+            continue
+        with run_lock(out, wait=False) as held:
+            if not held:
+                raise ValueError(f"{dst.id} {dst.profile} seed {seed} is being trained by another process; "
+                                   f"adopt when it has stopped")
+            record = {**load_record(root, src, seed), "profile": dst.profile,
+                      "adopted_from": {"profile": src.profile, "on": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+            with staged_dir(staging_dir(root, dst.id, dst.profile, seed, "adopt"), out) as tmp:
+                shutil.copytree(result_dir(root, src.id, src.profile, seed), tmp, dirs_exist_ok=True)
+                write_atomic(tmp / "spec.json", json.dumps(record, indent=2) + "\n")
+            shutil.rmtree(work_dir(root, dst.id, dst.profile, seed), ignore_errors=True)  # its resume point, if any
+        print(f"{dst.id} {dst.profile} seed {seed}: adopted from {src.profile} (spec {dst.hash})")
+    return 0

@@ -74,3 +74,28 @@ def test_trials_compare_against_the_run_of_the_profile_they_start_from(tmp_path,
     reference = [r for r in rows if r.startswith("| [quick]")]
     assert len(reference) == 1 and "finished" in reference[0] and "(none: the reference)" in reference[0]
     assert rows.index(reference[0]) == 1  # first under the header, above the trials
+
+
+def test_adopt_records_a_finished_run_under_a_profile_of_the_same_spec_and_refuses_another(tmp_path, data_dir, capsys):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC + TRIALS + '[[trial]]\nname = "ghs_same"\nexperiment = "lenet300.bc_ghs"\nbase = "quick"\n')
+    args = ["--spec", str(path), "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")]
+    assert main(["trial", "ghs_same", "ghs_warm", "--data-dir", str(data_dir), "--no-progress", "--device", "cpu", *args]) == 0
+    capsys.readouterr()
+    quick = tmp_path / "r" / "lenet300.bc_ghs" / "quick" / "seed0"
+
+    assert main(["adopt", "lenet300.bc_ghs", "trial.ghs_warm", "quick", *args]) == 2  # another spec: refused
+    err = capsys.readouterr().err
+    assert "different specs" in err and "kl_warmup_epochs: 2 vs 0" in err and not quick.exists()
+
+    assert main(["adopt", "lenet300.bc_ghs", "trial.ghs_same", "quick", *args]) == 0
+    assert "adopted from trial.ghs_same" in capsys.readouterr().out
+    trial = tmp_path / "r" / "lenet300.bc_ghs" / "trial.ghs_same" / "seed0"
+    record = json.loads((quick / "spec.json").read_text())
+    assert record["profile"] == "quick" and record["adopted_from"]["profile"] == "trial.ghs_same"
+    assert (quick / "metrics.json").read_bytes() == (trial / "metrics.json").read_bytes()
+    assert main(["list", "--profile", "quick", *args]) == 0
+    assert "seed0: current" in [line for line in capsys.readouterr().out.splitlines() if "lenet300.bc_ghs" in line][0]
+
+    assert main(["adopt", "lenet300.bc_ghs", "trial.ghs_same", "quick", *args]) == 0
+    assert "already current" in capsys.readouterr().out
