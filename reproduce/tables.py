@@ -148,7 +148,8 @@ def render_table1(suite: Suite, profile: str, root: Path, out_dir: Path,
         for s in r.seeds:
             rec = load_record(root, r.spec, s)
             notes.append(f"- `{r.spec.id}` seed {s}: spec {rec['spec_hash']}, {provenance(rec)}, torch {rec['torch']}, "
-                         f"{rec['device']}, {rec['wall_seconds'] / 60:.1f} min")
+                         f"{rec['device']}, {rec['wall_seconds'] / 60:.1f} min"
+                         + (f", trained as {rec['adopted_from']['profile']} (same spec; `adopt`)" if "adopted_from" in rec else ""))
     lines += ["", "## Provenance", ""] + (notes or ["(no recorded results)"])
     lines += [f"- {pub['label']} ({pub['model']}): {pub['source']}" for pub in suite.published]
     text = "\n".join(lines) + "\n"

@@ -97,5 +97,7 @@ def test_adopt_records_a_finished_run_under_a_profile_of_the_same_spec_and_refus
     assert main(["list", "--profile", "quick", *args]) == 0
     assert "seed0: current" in [line for line in capsys.readouterr().out.splitlines() if "lenet300.bc_ghs" in line][0]
 
+    assert main(["table1", "--profile", "quick", "--no-train", *args]) == 0
+    assert "trained as trial.ghs_same (same spec; `adopt`)" in (tmp_path / "f" / "table1_quick.md").read_text()
     assert main(["adopt", "lenet300.bc_ghs", "trial.ghs_same", "quick", *args]) == 0
     assert "already current" in capsys.readouterr().out
