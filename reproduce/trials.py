@@ -109,8 +109,14 @@ def compare(suite: Suite, experiment: str, root: Path, seed: int = 0) -> tuple[p
                     row[f"prunable % @{e}"] = h.get("prunable_pct")
         if state == "finished":
             m = load_result(root, spec, seed)
-            row.update({"error %": m["error_pct"], "|w≠0|/|w| %": m["nonzero_pct"], "architecture": m["architecture"],
+            row.update({"error %": m["error_pct"], r"\|w≠0\|/\|w\| %": m["nonzero_pct"], "architecture": m["architecture"],
                         "CR fast": m["cr_fast"]})
+        if len(spec.seeds) > 1:  # a row of several seeds: the means over those finished, beside seed `seed`'s
+            done = [load_result(root, spec, s) for s in spec.seeds if status(root, spec, s) == "current"]
+            row["seeds done"] = f"{len(done)}/{len(spec.seeds)}"
+            if done:
+                row["mean error %"] = sum(d["error_pct"] for d in done) / len(done)
+                row["mean CR fast"] = sum(d["cr_fast"] for d in done) / len(done)
         rows.append(row)
     return pd.DataFrame(rows), histories
 
@@ -132,7 +138,9 @@ def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int =
                 ax.grid(alpha=0.3)
                 ax.tick_params(which="both", labelsize=7)
         axes[1].set_yscale("log")
-        axes[0].legend(fontsize=7)
+        drawn = [ax for ax in axes if ax.get_lines()]  # older runs recorded no validation curve
+        if drawn:
+            drawn[0].legend(fontsize=7)
         fig.suptitle(f"recipe trials: {experiment}, seed {seed}", fontsize=9)
         fig.tight_layout()
         save_figures(fig, figures, f"trials_{experiment}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -101,3 +102,21 @@ def test_adopt_records_a_finished_run_under_a_profile_of_the_same_spec_and_refus
     assert "trained as trial.ghs_same (same spec; `adopt`)" in (tmp_path / "f" / "table1_quick.md").read_text()
     assert main(["adopt", "lenet300.bc_ghs", "trial.ghs_same", "quick", *args]) == 0
     assert "already current" in capsys.readouterr().out
+
+
+def test_a_trial_of_several_seeds_shows_their_mean_beside_seed_0(tmp_path, data_dir, capsys):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC + '[[trial]]\nname = "two"\nexperiment = "lenet300.bc_ghs"\nbase = "quick"\n'
+                    'set = { seeds = [0, 1], epochs = 1 }\n')
+    args = ["--spec", str(path), "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")]
+    assert main(["trial", "two", "--data-dir", str(data_dir), "--no-progress", "--device", "cpu", *args]) == 0
+    folder = tmp_path / "r" / "lenet300.bc_ghs" / "trial.two"
+    errors = [json.loads((folder / f"seed{s}" / "metrics.json").read_text())["error_pct"] for s in (0, 1)]
+    text = (tmp_path / "f" / "trials_lenet300.bc_ghs.md").read_text()
+    header, _, row = [line for line in text.splitlines() if line.startswith("|")]
+    split = re.compile(r"(?<!\\)\|")  # a markdown cell boundary: a pipe not escaped
+    cells = dict(zip([c.strip() for c in split.split(header)], [c.strip() for c in split.split(row)]))
+    assert len(split.split(header)) == len(split.split(row))  # the header's own pipes are escaped
+    assert cells["seeds done"] == "2/2"
+    assert float(cells["mean error %"]) == pytest.approx(sum(errors) / 2, abs=0.005)
+    assert float(cells["error %"]) == pytest.approx(errors[0], abs=0.005)
