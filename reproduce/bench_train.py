@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -38,6 +39,11 @@ from reproduce.spec import Suite
 
 CPU_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # environment variables that change the CPU kernels
 PHASES = ("forward", "forward_backward", "penalty_fwd_bwd", "optimizer", "step_end", "sampling")  # step_breakdown's
+OP_KINDS = {  # step_op_profile's summary: the operators whose self time is each kind of work; the rest is "rest"
+    "products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::mkldnn_convolution", "aten::convolution_backward"),
+    "sampling": ("aten::normal_",),
+    "optimizer": ("aten::_fused_adam_",),
+}
 
 
 def bench_train_command(args: argparse.Namespace, suite: Suite) -> int:
@@ -60,6 +66,9 @@ def bench_train_command(args: argparse.Namespace, suite: Suite) -> int:
     print("\nper training step, by phase (random batch of 128):")
     shown = ["method", "step_mflop", *(f"{p}_ms" for p in PHASES)]
     print(pd.DataFrame(steps)[shown].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    ops = step_op_profile(args.model, methods, spec.dataset)
+    print("\nper training step, self CPU ms by kind of operator (torch.profiler):")
+    print(ops.loc[[f"= {k}" for k in (*OP_KINDS, "rest", "total")]].to_string(float_format=lambda v: f"{v:.2f}"))
     out = bench_dir(args.results_dir, "cpu")
     meta = {**machine(), **code_version(),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -67,6 +76,7 @@ def bench_train_command(args: argparse.Namespace, suite: Suite) -> int:
     files = train_files(out, args.model)
     write_atomic(files["epochs"], pd.DataFrame(rows).to_csv(index=False))
     write_atomic(files["steps"], pd.DataFrame(steps).to_csv(index=False))
+    write_atomic(files["ops"], ops.to_csv(index_label="operator"))
     write_atomic(files["meta"], json.dumps(meta, indent=2) + "\n")
     print(f"\nrecorded: {', '.join(str(f) for f in files.values())}")
     return 0
@@ -74,9 +84,9 @@ def bench_train_command(args: argparse.Namespace, suite: Suite) -> int:
 
 def train_files(folder: Path, model_name: str) -> dict[str, Path]:
     """Where bench-train records `model_name`'s numbers in a bench folder: per-epoch costs, per-phase
-    step times, and the machine and arguments they were measured with."""
+    step times, per-operator step times, and the machine and arguments they were measured with."""
     return {"epochs": folder / f"train_{model_name}.csv", "steps": folder / f"train_{model_name}_steps.csv",
-            "meta": folder / f"train_{model_name}_meta.json"}
+            "ops": folder / f"train_{model_name}_ops.csv", "meta": folder / f"train_{model_name}_meta.json"}
 
 
 def spread(name: str, values: list[float]) -> dict[str, float]:
@@ -184,6 +194,46 @@ def step_breakdown(model_name: str, methods: list[str], dataset: str = "mnist", 
             row.update(spread(f"{phase}_ms", clock(phases[phase])))
         rows.append({**row, "calls": repeats, "threads": torch.get_num_threads(), "batch_size": batch_size})
     return rows
+
+
+def step_op_profile(model_name: str, methods: list[str], dataset: str = "mnist", batch_size: int = 128,
+                    steps: int = 50) -> pd.DataFrame:
+    """Self CPU milliseconds per training step by operator (torch.profiler), one column per method, over
+    `steps` whole steps (zero_grad, forward, loss and penalty, backward, optimizer, step end) after 10
+    warm-up steps, on random data shaped as `dataset`'s. Operators under 0.01 ms in every column are
+    left out of the rows but not of the summary rows after them: "= <kind>" for each kind of OP_KINDS,
+    "= rest" for every other operator and "= total"."""
+    info = DATASETS[dataset]
+    keep_freed_memory()  # as bayescomp.train.fit
+    cols = {}
+    for name in methods:
+        torch.manual_seed(0)
+        method = METHODS[name]()
+        model = MODELS[model_name](layers=method.layers(), mean=info.mean, std=info.std).train()
+        opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)  # as bayescomp.train
+        x, y = torch.rand(batch_size, *info.shape), torch.randint(0, info.num_classes, (batch_size,))
+
+        def step() -> None:
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            penalty = method.penalty(model)
+            (loss + penalty / 55000 if penalty.requires_grad else loss).backward()  # N: MNIST's training split
+            opt.step()
+            method.on_step_end(model)
+
+        for _ in range(10):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        cols[name] = {e.key: e.self_cpu_time_total / 1000 / steps for e in prof.key_averages()}
+    frame = pd.DataFrame(cols).fillna(0.0)
+    kinds = {k: frame.loc[frame.index.isin(ops)].sum() for k, ops in OP_KINDS.items()}
+    summary = pd.DataFrame({f"= {k}": v for k, v in kinds.items()}).T
+    summary.loc["= rest"] = frame.sum() - summary.sum()
+    summary.loc["= total"] = frame.sum()
+    shown = frame[frame.max(axis=1) >= 0.01].sort_values(frame.columns[-1], ascending=False)
+    return pd.concat([shown, summary])
 
 
 class _GaussianCounter(TorchDispatchMode):
