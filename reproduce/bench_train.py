@@ -68,7 +68,7 @@ def bench_train_command(args: argparse.Namespace, suite: Suite) -> int:
     print(pd.DataFrame(steps)[shown].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     ops = step_op_profile(args.model, methods, spec.dataset)
     print("\nper training step, self CPU ms by kind of operator (torch.profiler):")
-    print(ops.loc[[f"= {k}" for k in (*OP_KINDS, "rest", "total")]].to_string(float_format=lambda v: f"{v:.2f}"))
+    print(ops.loc[[f"({k})" for k in (*OP_KINDS, "rest", "total")]].to_string(float_format=lambda v: f"{v:.2f}"))
     out = bench_dir(args.results_dir, "cpu")
     meta = {**machine(), **code_version(),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -201,8 +201,8 @@ def step_op_profile(model_name: str, methods: list[str], dataset: str = "mnist",
     """Self CPU milliseconds per training step by operator (torch.profiler), one column per method, over
     `steps` whole steps (zero_grad, forward, loss and penalty, backward, optimizer, step end) after 10
     warm-up steps, on random data shaped as `dataset`'s. Operators under 0.01 ms in every column are
-    left out of the rows but not of the summary rows after them: "= <kind>" for each kind of OP_KINDS,
-    "= rest" for every other operator and "= total"."""
+    left out of the rows but not of the summary rows after them: "(<kind>)" for each kind of OP_KINDS,
+    "(rest)" for every other operator and "(total)"."""
     info = DATASETS[dataset]
     keep_freed_memory()  # as bayescomp.train.fit
     cols = {}
@@ -229,9 +229,9 @@ def step_op_profile(model_name: str, methods: list[str], dataset: str = "mnist",
         cols[name] = {e.key: e.self_cpu_time_total / 1000 / steps for e in prof.key_averages()}
     frame = pd.DataFrame(cols).fillna(0.0)
     kinds = {k: frame.loc[frame.index.isin(ops)].sum() for k, ops in OP_KINDS.items()}
-    summary = pd.DataFrame({f"= {k}": v for k, v in kinds.items()}).T
-    summary.loc["= rest"] = frame.sum() - summary.sum()
-    summary.loc["= total"] = frame.sum()
+    summary = pd.DataFrame({f"({k})": v for k, v in kinds.items()}).T
+    summary.loc["(rest)"] = frame.sum() - summary.sum()
+    summary.loc["(total)"] = frame.sum()
     shown = frame[frame.max(axis=1) >= 0.01].sort_values(frame.columns[-1], ascending=False)
     return pd.concat([shown, summary])
 

@@ -65,10 +65,10 @@ def test_bench_train_records_medians_spread_and_the_cpu_capability(tmp_path, dat
     assert meta["args"]["methods"] == "dense,bc_gnj" and meta["args"]["repeats"] == 2
     ops = pd.read_csv(out / "train_lenet300_ops.csv", index_col="operator")
     assert list(ops.columns) == ["dense", "bc_gnj"]
-    kinds = ops.loc[["= products", "= sampling", "= optimizer", "= rest"]]
-    assert kinds.sum().to_numpy() == pytest.approx(ops.loc["= total"].to_numpy())  # the kinds add up to the step
-    assert ops.loc["= sampling", "dense"] == 0 < ops.loc["= sampling", "bc_gnj"]  # only BC draws noise
-    assert (ops.loc["= products"] > 0).all() and ops.loc["aten::normal_", "bc_gnj"] > 0
+    kinds = ops.loc[["(products)", "(sampling)", "(optimizer)", "(rest)"]]
+    assert kinds.sum().to_numpy() == pytest.approx(ops.loc["(total)"].to_numpy())  # the kinds add up to the step
+    assert ops.loc["(sampling)", "dense"] == 0 < ops.loc["(sampling)", "bc_gnj"]  # only BC draws noise
+    assert (ops.loc["(products)"] > 0).all() and ops.loc["aten::normal_", "bc_gnj"] > 0
     assert sorted(p.name for p in out.iterdir()) == ["train_lenet300.csv", "train_lenet300_meta.json",
                                                     "train_lenet300_ops.csv", "train_lenet300_steps.csv"]  # no temporary file left
 
