@@ -30,7 +30,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from bayescomp.data import DATASETS, ImageData, load_dataset
+from bayescomp.data import DATASETS, DatasetInfo, ImageData, load_dataset
+from bayescomp.method import Method
 from bayescomp.models import MODELS
 from bayescomp.train import TrainConfig, fit, keep_freed_memory
 from reproduce.registry import METHODS
@@ -167,11 +168,7 @@ def step_breakdown(model_name: str, methods: list[str], dataset: str = "mnist", 
 
     rows = []
     for name in methods:
-        torch.manual_seed(0)
-        method = METHODS[name]()
-        model = MODELS[model_name](layers=method.layers(), mean=info.mean, std=info.std).train()
-        opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)  # as bayescomp.train
-        x, y = torch.rand(batch_size, *info.shape), torch.randint(0, info.num_classes, (batch_size,))
+        method, model, opt, x, y = _step_setup(model_name, name, info, batch_size)
 
         def forward_backward() -> None:
             opt.zero_grad()
@@ -207,11 +204,7 @@ def step_op_profile(model_name: str, methods: list[str], dataset: str = "mnist",
     keep_freed_memory()  # as bayescomp.train.fit
     cols = {}
     for name in methods:
-        torch.manual_seed(0)
-        method = METHODS[name]()
-        model = MODELS[model_name](layers=method.layers(), mean=info.mean, std=info.std).train()
-        opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)  # as bayescomp.train
-        x, y = torch.rand(batch_size, *info.shape), torch.randint(0, info.num_classes, (batch_size,))
+        method, model, opt, x, y = _step_setup(model_name, name, info, batch_size)
 
         def step() -> None:
             opt.zero_grad()
@@ -234,6 +227,18 @@ def step_op_profile(model_name: str, methods: list[str], dataset: str = "mnist",
     summary.loc["(total)"] = frame.sum()
     shown = frame[frame.max(axis=1) >= 0.01].sort_values(frame.columns[-1], ascending=False)
     return pd.concat([shown, summary])
+
+
+def _step_setup(model_name: str, method_name: str, info: DatasetInfo, batch_size: int
+                ) -> tuple[Method, nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
+    """What the per-step benchmarks time, seeded: the method, its model in train mode, fused Adam as
+    bayescomp.train builds it, and one random batch shaped as the data set's."""
+    torch.manual_seed(0)
+    method = METHODS[method_name]()
+    model = MODELS[model_name](layers=method.layers(), mean=info.mean, std=info.std).train()
+    opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)  # as bayescomp.train
+    x, y = torch.rand(batch_size, *info.shape), torch.randint(0, info.num_classes, (batch_size,))
+    return method, model, opt, x, y
 
 
 class _GaussianCounter(TorchDispatchMode):

@@ -63,11 +63,6 @@ def trials_command(args: argparse.Namespace, suite: Suite) -> int:
     return 0
 
 
-def trial_history(suite: Suite, name: str, root: Path, seed: int) -> tuple[pd.DataFrame | None, str]:
-    """(history, state): a finished trial's history.csv, or the epochs of its resume point so far."""
-    return run_history(suite.resolve_trial(name), root, seed)
-
-
 def run_history(spec: RunSpec, root: Path, seed: int) -> tuple[pd.DataFrame | None, str]:
     """(history, state) of one run of `spec`: its history.csv when current, else the epochs of its resume point."""
     if status(root, spec, seed) == "current":
@@ -183,7 +178,7 @@ def adopt_command(args: argparse.Namespace, suite: Suite) -> int:
         with run_lock(out, wait=False) as held:
             if not held:
                 raise ValueError(f"{dst.id} {dst.profile} seed {seed} is being trained by another process; "
-                                   f"adopt when it has stopped")
+                                 f"adopt when it has stopped")
             record = {**load_record(root, src, seed), "profile": dst.profile,
                       "adopted_from": {"profile": src.profile, "on": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
             with staged_dir(staging_dir(root, dst.id, dst.profile, seed, "adopt"), out) as tmp:
