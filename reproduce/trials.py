@@ -64,13 +64,19 @@ def trials_command(args: argparse.Namespace, suite: Suite) -> int:
 
 
 def run_history(spec: RunSpec, root: Path, seed: int) -> tuple[pd.DataFrame | None, str]:
-    """(history, state) of one run of `spec`: its history.csv when current, else the epochs of its resume point."""
-    if status(root, spec, seed) == "current":
+    """(history, state) of one run of `spec`: its history.csv when current, else the epochs of its resume
+    point. A result or resume point recorded under another spec hash (the trial's keys, or the profile it
+    starts from, changed since) is not this trial's run: its state says so and no curve is drawn."""
+    recorded = status(root, spec, seed)
+    if recorded == "current":
         return pd.read_csv(result_dir(root, spec.id, spec.profile, seed) / "history.csv"), "finished"
-    ckpt = work_dir(root, spec.id, spec.profile, seed) / "checkpoint.pt"
-    if ckpt.exists():
+    work = work_dir(root, spec.id, spec.profile, seed)
+    ckpt, hash_file = work / "checkpoint.pt", work / "spec_hash"
+    if ckpt.exists() and hash_file.exists() and hash_file.read_text().strip() == spec.hash:
         state = load_plain(ckpt, f"delete it to restart the run: rm {ckpt}")
         return pd.DataFrame(state["history"]), f"in progress ({state['epoch']}/{spec.train.epochs} epochs)"
+    if recorded == "stale" or ckpt.exists():
+        return None, "stale (recorded under another spec)"
     return None, "not started"
 
 

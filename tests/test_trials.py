@@ -120,3 +120,24 @@ def test_a_trial_of_several_seeds_shows_their_mean_beside_seed_0(tmp_path, data_
     assert cells["seeds done"] == "2/2"
     assert float(cells["mean error %"]) == pytest.approx(sum(errors) / 2, abs=0.005)
     assert float(cells["error %"]) == pytest.approx(errors[0], abs=0.005)
+
+
+def test_a_trial_run_under_an_earlier_definition_is_shown_stale_not_as_this_trials(tmp_path, data_dir, capsys):
+    path = tmp_path / "e.toml"
+    trials = TRIALS + '[[trial]]\nname = "ghs_long"\nexperiment = "lenet300.bc_ghs"\nbase = "quick"\nset = { epochs = 2 }\n'
+    path.write_text(TINY + BC + trials)
+    args = ["--spec", str(path), "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")]
+    run = ["--data-dir", str(data_dir), "--no-progress", "--device", "cpu", *args]
+    assert main(["trial", "ghs_warm", *run]) == 0
+    assert main(["trial", "ghs_long", "--stop-at", "+0s", *run]) == 3  # a resume point after one epoch of two
+    capsys.readouterr()
+    assert main(["trials", "lenet300.bc_ghs", *args]) == 0
+    rows = {r.split("|")[1].strip(): r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")}
+    assert "finished" in rows["ghs_warm"] and "in progress (1/2 epochs)" in rows["ghs_long"]
+    # both definitions change: what was recorded is no longer these trials' run
+    path.write_text(TINY + BC + trials.replace("kl_warmup_epochs = 2", "kl_warmup_epochs = 1")
+                    .replace("epochs = 2 }", "epochs = 2, lr = 0.002 }"))
+    assert main(["trials", "lenet300.bc_ghs", *args]) == 0
+    rows = {r.split("|")[1].strip(): r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")}
+    assert "stale (recorded under another spec)" in rows["ghs_warm"]
+    assert "stale (recorded under another spec)" in rows["ghs_long"]
