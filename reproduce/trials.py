@@ -130,22 +130,38 @@ def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int =
     write_atomic(figures / f"trials_{experiment}.md", text)
     if histories:
         fig, axes = plt.subplots(1, len(CURVES), figsize=(12, 3.4))
-        for i, (name, h) in enumerate(histories.items()):
-            for ax, (col, label) in zip(axes, CURVES):
+        trials = [n for n in histories if not n.startswith("[")]
+        for name, h in histories.items():
+            label = name + "".join(f" (under {o})" for o in trials if o != name and _coincide(h, histories[o]))
+            # the reference run black and dashed on top, so a trial adopted as it stays visible beneath
+            style = (dict(color="k", ls="--", lw=1.0, zorder=3) if name.startswith("[")
+                     else dict(color=f"C{trials.index(name) % 10}", lw=1.2))
+            for ax, (col, title) in zip(axes, CURVES):
                 if col in h.columns and h[col].notna().any():
-                    ax.plot(h["epoch"], h[col], label=name, color=f"C{i % 10}", lw=1.2)
-                ax.set_title(label, fontsize=8)
+                    ax.plot(h["epoch"], h[col], label=label, **style)
+                ax.set_title(title, fontsize=8)
                 ax.set_xlabel("epoch", fontsize=8)
                 ax.grid(alpha=0.3)
                 ax.tick_params(which="both", labelsize=7)
         axes[1].set_yscale("log")
         drawn = [ax for ax in axes if ax.get_lines()]  # older runs recorded no validation curve
-        if drawn:
-            drawn[0].legend(fontsize=7)
+        if drawn:  # beside the panels, clear of the curves
+            axes[-1].legend(*drawn[0].get_legend_handles_labels(), fontsize=7, loc="center left",
+                            bbox_to_anchor=(1.02, 0.5))
         fig.suptitle(f"recipe trials: {experiment}, seed {seed}", fontsize=9)
         fig.tight_layout()
         save_figures(fig, figures, f"trials_{experiment}")
     return text
+
+
+def _coincide(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether run `a`'s curves lie under run `b`'s (b longer, the same values on a's epochs), as a trial's
+    do under a longer trial of the same training: its line is hidden, so its label says where."""
+    n = len(a)
+    if len(b) <= n:
+        return False
+    cols = [c for c, _ in CURVES if c in a.columns and c in b.columns]
+    return bool(cols) and a[cols].reset_index(drop=True).equals(b[cols].iloc[:n].reset_index(drop=True))
 
 
 def run_spec(suite: Suite, experiment: str, where: str) -> RunSpec:
