@@ -150,6 +150,12 @@ def learning_curves(suite: Suite, profile: str, root: Path, out: Path) -> list[P
                         ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.25, color=f"C{r % 10}",
                                         lw=0)
                     ax.set_yscale(scale)
+                    if scale == "log":  # plain numbers (1.5, 2) on a log axis, not 1.5×10⁰
+                        few = stats["max"].max() > 3 * stats["min"].min()  # a wide range: label 1, 2, 5 only
+                        plain = matplotlib.ticker.FuncFormatter(
+                            lambda v, _, few=few: f"{v:g}" if not few or f"{v:.0e}"[0] in "125" else "")
+                        ax.yaxis.set_major_formatter(plain)
+                        ax.yaxis.set_minor_formatter(plain)
                 ax.grid(alpha=0.3)
                 ax.tick_params(which="both", labelsize=7)
                 if r == 0:
