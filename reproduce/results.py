@@ -198,11 +198,18 @@ def status(root: Path, spec: RunSpec, seed: int) -> str:
     return "current" if recorded.get("spec_hash") == spec.hash else "stale"
 
 
+def resume_point_is_specs(work: Path, spec: RunSpec) -> bool:
+    """Whether the work folder `work` holds a resume point of `spec`: a checkpoint beside a spec_hash file
+    naming spec's hash. One without that file, or naming another hash, is of no spec this code can vouch for."""
+    hash_file = work / "spec_hash"
+    return (work / "checkpoint.pt").exists() and hash_file.exists() and hash_file.read_text().strip() == spec.hash
+
+
 def resume_epoch(root: Path, spec: RunSpec, seed: int) -> int | None:
     """The last epoch of spec's committed resume point for `seed` (results/.work/), None if it has none."""
     work = work_dir(root, spec.id, spec.profile, seed)
-    hash_file, checkpoint = work / "spec_hash", work / "checkpoint.pt"
-    if not checkpoint.exists() or not hash_file.exists() or hash_file.read_text().strip() != spec.hash:
+    checkpoint = work / "checkpoint.pt"
+    if not resume_point_is_specs(work, spec):
         return None
     try:
         return int(load_plain(checkpoint, "")["epoch"])

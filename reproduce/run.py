@@ -29,8 +29,8 @@ from bayescomp.metrics import summarize
 from bayescomp.models import MODELS, load_model, model_record
 from bayescomp.train import fit
 from reproduce.registry import METHODS, has_posterior
-from reproduce.results import (artifact, code_version, load_result, result_dir, run_lock, save_artifact, sized_name,
-                               staged_dir, staging_dir, status, work_dir)
+from reproduce.results import (artifact, code_version, load_result, result_dir, resume_point_is_specs, run_lock,
+                               save_artifact, sized_name, staged_dir, staging_dir, status, work_dir)
 from reproduce.spec import RunSpec, Suite
 
 
@@ -93,8 +93,8 @@ def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str =
     with run_lock(out, wait=True):  # one process per (experiment, profile, seed)
         if not force and status(root, spec, seed) == "current":  # finished by the process we waited for
             return load_result(root, spec, seed)
-        if (work / "spec_hash").exists() and (work / "spec_hash").read_text() != spec.hash:
-            shutil.rmtree(work)  # checkpoint of another spec: start over
+        if work.exists() and not resume_point_is_specs(work, spec):
+            shutil.rmtree(work)  # a checkpoint of another spec, or of none recorded: start over
         work.mkdir(exist_ok=True)
         (work / "spec_hash").write_text(spec.hash)
         return _run_locked(suite, spec, seed, root, dev, work, out, device, data_dir, progress, deadline)

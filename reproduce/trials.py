@@ -15,6 +15,7 @@ again: a trial promoted to the `paper` recipe, or a superseded `paper` run kept 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
@@ -28,8 +29,8 @@ import pandas as pd  # noqa: E402
 
 from bayescomp.artifact import load_plain  # noqa: E402
 from reproduce.figures import save_figures  # noqa: E402
-from reproduce.results import (load_record, load_result, result_dir, run_lock, staged_dir, staging_dir,  # noqa: E402
-                               status, work_dir, write_atomic)
+from reproduce.results import (load_record, load_result, result_dir, resume_point_is_specs, run_lock,  # noqa: E402
+                               staged_dir, staging_dir, status, work_dir, write_atomic)
 from reproduce.run import metrics_line, parse_deadline, run_one  # noqa: E402
 from reproduce.spec import RunSpec, SpecError, Suite  # noqa: E402
 
@@ -71,8 +72,8 @@ def run_history(spec: RunSpec, root: Path, seed: int) -> tuple[pd.DataFrame | No
     if recorded == "current":
         return pd.read_csv(result_dir(root, spec.id, spec.profile, seed) / "history.csv"), "finished"
     work = work_dir(root, spec.id, spec.profile, seed)
-    ckpt, hash_file = work / "checkpoint.pt", work / "spec_hash"
-    if ckpt.exists() and hash_file.exists() and hash_file.read_text().strip() == spec.hash:
+    ckpt = work / "checkpoint.pt"
+    if resume_point_is_specs(work, spec):
         state = load_plain(ckpt, f"delete it to restart the run: rm {ckpt}")
         return pd.DataFrame(state["history"]), f"in progress ({state['epoch']}/{spec.train.epochs} epochs)"
     if recorded == "stale" or ckpt.exists():
@@ -97,7 +98,10 @@ def compare(suite: Suite, experiment: str, root: Path, seed: int = 0) -> tuple[p
              for n in names]
     rows, histories = [], {}
     for name, spec, changes in runs:
-        hist, state = run_history(spec, root, seed)
+        if seed not in spec.seeds:  # nothing of seed `seed` to show; its seeds' means still are
+            hist, state = None, f"seed {seed} not among its seeds ({', '.join(map(str, spec.seeds))})"
+        else:
+            hist, state = run_history(spec, root, seed)
         if name.startswith("[") and hist is None:
             continue  # a reference run not begun: nothing to compare against
         row = {"trial": name, "changes": changes, "state": state}
@@ -144,13 +148,19 @@ def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int =
                 ax.grid(alpha=0.3)
                 ax.tick_params(which="both", labelsize=7)
         axes[1].set_yscale("log")
-        drawn = [ax for ax in axes if ax.get_lines()]  # older runs recorded no validation curve
-        if drawn:  # beside the panels, clear of the curves
-            axes[-1].legend(*drawn[0].get_legend_handles_labels(), fontsize=7, loc="center left",
+        entries: dict[str, object] = {}  # every run once, whichever panels it has (older runs lack some curves)
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        if entries:  # beside the panels, clear of the curves
+            axes[-1].legend(list(entries.values()), list(entries), fontsize=7, loc="center left",
                             bbox_to_anchor=(1.02, 0.5))
         fig.suptitle(f"recipe trials: {experiment}, seed {seed}", fontsize=9)
         fig.tight_layout()
         save_figures(fig, figures, f"trials_{experiment}")
+    else:  # no run of these trials is current any more: no figure of runs that are not theirs
+        for suffix in (".png", ".pdf"):
+            (figures / f"trials_{experiment}{suffix}").unlink(missing_ok=True)
     return text
 
 
@@ -174,6 +184,13 @@ def run_spec(suite: Suite, experiment: str, where: str) -> RunSpec:
     return spec
 
 
+def train_command(experiment: str, where: str) -> str:
+    """The command that trains `experiment` in profile `where`, or trial NAME where `where` is `trial.NAME`."""
+    if where.startswith("trial."):
+        return f"python -m reproduce trial {where[len('trial.'):]}"
+    return f"python -m reproduce run {experiment} --profile {where}"
+
+
 def adopt_command(args: argparse.Namespace, suite: Suite) -> int:
     """`python -m reproduce adopt EXPERIMENT FROM TO`: copy the current results of profile (or trial.NAME)
     FROM to TO, for the seeds both list, when both resolve to the same spec hash; spec.json then names TO
@@ -182,13 +199,17 @@ def adopt_command(args: argparse.Namespace, suite: Suite) -> int:
     src, dst = run_spec(suite, args.experiment, args.source), run_spec(suite, args.experiment, args.dest)
     if src.hash != dst.hash:
         a, b = src.hashed_content(), dst.hashed_content()
-        a, b = {**a, **a.pop("train")}, {**b, **b.pop("train")}
+        a.pop("train"), b.pop("train")
+        a, b = {**a, **dataclasses.asdict(src.train)}, {**b, **dataclasses.asdict(dst.train)}  # defaults shown too
         diff = ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
         raise SpecError(f"{args.experiment}: {args.source} and {args.dest} are different specs ({diff}); a run of one "
-                        f"is not a run of the other: train it with python -m reproduce "
-                        + (f"trial {args.dest[len('trial.'):]}" if args.dest.startswith("trial.")
-                           else f"run {args.experiment} --profile {args.dest}"))
+                        f"is not a run of the other: train it with {train_command(args.experiment, args.dest)}")
     seeds = [s for s in dst.seeds if s in src.seeds and status(root, src, s) == "current"]
+    for s in dst.seeds:
+        if s not in seeds:
+            why = "not among its seeds" if s not in src.seeds else run_history(src, root, s)[1]
+            print(f"{dst.id} {dst.profile} seed {s}: not adopted, {args.source} seed {s} is {why}"
+                  + ("" if s not in src.seeds else f"; finish it with {train_command(args.experiment, args.source)}"))
     if not seeds:
         raise ValueError(f"{args.experiment} has no current result in {args.source} for the seeds of {args.dest} "
                          f"({', '.join(map(str, dst.seeds))}) to adopt: see python -m reproduce trials {args.experiment}")

@@ -60,3 +60,22 @@ def test_stop_at_forms():
     assert now < hhmm <= now + 86400
     with pytest.raises(ValueError, match="not a time"):
         parse_deadline("soon", now)
+
+
+@pytest.mark.parametrize("damage", ["no spec_hash", "another spec_hash"])
+def test_a_resume_point_not_vouched_for_by_its_spec_hash_is_not_resumed(tmp_path, data_dir, damage):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY)
+    suite = load_suite(path)
+    spec = suite.resolve("lenet300.dense", "quick")  # 2 epochs
+    kw = dict(data_dir=str(data_dir), progress=False, device="cpu")
+    with pytest.raises(TrainingPaused):
+        run_one(suite, spec, 0, tmp_path, deadline=time.time(), **kw)
+    hash_file = tmp_path / ".work" / spec.id / "quick" / "seed0" / "spec_hash"
+    if damage == "no spec_hash":
+        hash_file.unlink()
+    else:
+        hash_file.write_text("0123456789abcdef\n")
+    with pytest.raises(TrainingPaused) as paused:  # started over: paused after epoch 1 again, not finished
+        run_one(suite, spec, 0, tmp_path, deadline=time.time(), **kw)
+    assert paused.value.epochs_done == 1 and hash_file.read_text().strip() == spec.hash

@@ -88,6 +88,7 @@ def test_adopt_records_a_finished_run_under_a_profile_of_the_same_spec_and_refus
     assert main(["adopt", "lenet300.bc_ghs", "trial.ghs_warm", "quick", *args]) == 2  # another spec: refused
     err = capsys.readouterr().err
     assert "different specs" in err and "kl_warmup_epochs: 2 vs 0" in err and not quick.exists()
+    assert "train: {" not in err  # the training keys one by one, not as a whole dict
 
     assert main(["adopt", "lenet300.bc_ghs", "trial.ghs_same", "quick", *args]) == 0
     assert "adopted from trial.ghs_same" in capsys.readouterr().out
@@ -141,3 +142,20 @@ def test_a_trial_run_under_an_earlier_definition_is_shown_stale_not_as_this_tria
     rows = {r.split("|")[1].strip(): r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")}
     assert "stale (recorded under another spec)" in rows["ghs_warm"]
     assert "stale (recorded under another spec)" in rows["ghs_long"]
+
+
+def test_adopt_names_each_seed_it_could_not_adopt_and_how_to_train_it(tmp_path, data_dir, capsys):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY + BC + '[[trial]]\nname = "one"\nexperiment = "lenet300.bc_ghs"\nbase = "quick"\n'
+                    'set = { seeds = [0] }\n[[trial]]\nname = "pair"\nexperiment = "lenet300.bc_ghs"\nbase = "quick"\n'
+                    'set = { seeds = [0, 1] }\n')
+    args = ["--spec", str(path), "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")]
+    assert main(["trial", "one", "--data-dir", str(data_dir), "--no-progress", "--device", "cpu", *args]) == 0
+    capsys.readouterr()
+    assert main(["adopt", "lenet300.bc_ghs", "trial.one", "trial.pair", *args]) == 0
+    out = capsys.readouterr().out
+    assert "seed 0: adopted from trial.one" in out
+    assert "trial.pair seed 1: not adopted, trial.one seed 1 is not among its seeds" in out
+    assert not (tmp_path / "r" / "lenet300.bc_ghs" / "trial.pair" / "seed1").exists()
+    assert main(["adopt", "lenet300.bc_ghs", "trial.pair", "quick", *args]) == 0  # quick: seed 0 only
+    assert "seed 0: adopted from trial.pair" in capsys.readouterr().out
