@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (p_run, p_trial):  # the verbs that can stop cleanly and resume later, on this or another machine
         p.add_argument("--stop-at", default=None, metavar="WHEN",
                        help="stop at the last epoch boundary before WHEN (+90m, +2h, +3600s, HH:MM or an ISO "
-                            "time), leaving the resume point in results/.work/ (commit it); rerun to continue")
+                            "time; an HH:MM passed less than 12 h ago is past: one epoch, then stop), leaving the resume point in results/.work/ (commit it); rerun to continue")
     p_t1 = sub.add_parser("table1", parents=[common],
                           help="train the missing rows of Table 1, then render figures/table1.{md,csv,tex}")
     p_t1.add_argument("--profile", default="paper", help=profile)

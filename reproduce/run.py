@@ -52,7 +52,9 @@ def metrics_line(m: dict[str, Any]) -> str:
 
 
 def parse_deadline(when: str, now: float | None = None) -> float:
-    """A `time.time()` value from '+90m', '+2h', '+3600s', 'HH:MM' (next such local time) or an ISO time."""
+    """A `time.time()` value from '+90m', '+2h', '+3600s', 'HH:MM' or an ISO time. 'HH:MM' is the nearest
+    such local time: one passed less than 12 hours ago stays past (a queue's later commands, started after
+    the hour, stop at their first epoch boundary instead of running until that hour tomorrow)."""
     now = time.time() if now is None else now
     units = {"s": 1, "m": 60, "h": 3600}
     try:
@@ -60,7 +62,7 @@ def parse_deadline(when: str, now: float | None = None) -> float:
             return now + float(when[1:-1]) * units[when[-1]]
         if len(when) == 5 and when[2] == ":":
             t = datetime.fromtimestamp(now).replace(hour=int(when[:2]), minute=int(when[3:]), second=0, microsecond=0)
-            return t.timestamp() + (86400 if t.timestamp() <= now else 0)
+            return t.timestamp() + (86400 if t.timestamp() <= now - 12 * 3600 else 0)
         return datetime.fromisoformat(when).timestamp()
     except ValueError:
         raise ValueError(f"--stop-at {when!r}: not a time; give +90m, +2h, +3600s, HH:MM or an ISO time "

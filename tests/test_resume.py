@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from datetime import datetime
 
 import pytest
 
@@ -56,8 +57,10 @@ def test_stop_at_forms():
     assert parse_deadline("+90m", now) == now + 5400
     assert parse_deadline("+2h", now) == now + 7200
     assert parse_deadline("+30s", now) == now + 30
-    hhmm = parse_deadline("23:59", now)
-    assert now < hhmm <= now + 86400
+    noon = datetime(2026, 11, 29, 12, 0).timestamp()
+    assert parse_deadline("12:50", noon) == noon + 50 * 60  # later today
+    assert parse_deadline("11:30", noon) == noon - 30 * 60  # passed half an hour ago: past, not tomorrow
+    assert parse_deadline("01:00", datetime(2026, 11, 29, 23, 0).timestamp()) == datetime(2026, 11, 30, 1, 0).timestamp()
     with pytest.raises(ValueError, match="not a time"):
         parse_deadline("soon", now)
 
