@@ -4,7 +4,7 @@ BC: for each validation margin, the method's own threshold rule picks thresholds
 split; the official LeNet-300-100 thresholds (log α < −2.8, −3, −5 kept) are one more point for
 BC-GNJ on that model. Sparse VD: the log α threshold ([MAV17] uses 3). Each compressed model is
 measured by `metrics.summarize` like any table row. Written to results/<id>/<profile>/seed<k>/sweep.csv
-(replacing an earlier one).
+(replacing an earlier one); a recipe trial's runs are swept as profile `trial.NAME`.
 
 The `setting` column names the threshold setting of a row (`setting_help` says it per method):
 - BC-GNJ / BC-GHS: the validation margin `val_margin_pct`, in percentage points: each layer's
@@ -32,6 +32,7 @@ from bayescomp.models import MODELS
 from reproduce.registry import METHODS
 from reproduce.results import artifact, result_dir, status, write_atomic
 from reproduce.spec import RunSpec, Suite
+from reproduce.trials import run_spec
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
 SVD_THRESHOLDS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)  # log α; weights at or above are removed
@@ -39,8 +40,9 @@ OFFICIAL_THRESHOLDS = {("lenet300", "bc_gnj"): [-2.8, -3.0, -5.0]}  # official e
 
 
 def sweep_command(args: argparse.Namespace, suite: Suite) -> int:
-    """`python -m reproduce sweep ID`: sweep every current seed (or those of --seed); print and record each."""
-    spec = suite.resolve(args.id, args.profile)
+    """`python -m reproduce sweep ID`: sweep every current seed (or those of --seed) of profile (or trial.NAME)
+    --profile; print and record each."""
+    spec = run_spec(suite, args.id, args.profile)
     data = load_dataset(spec.dataset, args.data_dir, val_size=spec.val_size)
     for seed in args.seed or list(spec.seeds):
         if status(args.results_dir, spec, seed) != "current":

@@ -94,7 +94,8 @@ def compare(suite: Suite, experiment: str, root: Path, seed: int = 0) -> tuple[p
         spec = suite.resolve(experiment, base)
         if seed in spec.seeds:
             runs.append((f"[{base}]", spec, "(none: the reference)"))
-    runs += [(n, suite.resolve_trial(n), ", ".join(f"{k}={v}" for k, v in suite.trials[n].get("set", {}).items()))
+    runs += [(n, suite.resolve_trial(n), ", ".join(f"{k}={v if v != '' else '(none)'}"
+                                                                  for k, v in suite.trials[n].get("set", {}).items()))
              for n in names]
     rows, histories = [], {}
     for name, spec, changes in runs:

@@ -61,6 +61,13 @@ def test_trial_runs_records_beside_its_experiment_and_compares(tmp_path, data_di
     assert (tmp_path / "f" / "trials_lenet300.bc_ghs.png").exists()
     assert not (tmp_path / "r" / "lenet300.bc_ghs" / "quick").exists()  # the experiment's own rows untouched
     assert "[quick]" not in out  # the reference run, not begun, is no row
+    assert main(["sweep", "lenet300.bc_ghs", "--profile", "trial.ghs_warm", "--data-dir", str(data_dir), "--no-progress",
+                 *args]) == 0
+    sweep = (folder / "sweep.csv").read_text().splitlines()
+    assert len(sweep) == 1 + 8 and sweep[1].startswith("0,")  # one row per margin, written beside the trial's run
+    capsys.readouterr()
+    assert main(["sweep", "lenet300.bc_gnj", "--profile", "trial.ghs_warm", *args]) == 2
+    assert "trial.ghs_warm is a trial of lenet300.bc_ghs, not of lenet300.bc_gnj" in capsys.readouterr().err
 
 
 def test_trials_compare_against_the_run_of_the_profile_they_start_from(tmp_path, data_dir, capsys):
