@@ -9,7 +9,7 @@ here, from `results/` and the tolerances of `experiments.toml`, never typed:
 - the table of contents (`<!-- toc:begin ... -->` block), from the document's own headings;
 - every number quoted in the prose, written as `<!--q SOURCE KEY FORMAT-->value<!--/q-->`:
   SOURCE is an experiment id (the mean over its current `paper` seeds), optionally with
-  `@<profile>` and/or `#<seed>` (that seed alone), or a `.json` file's path relative to the
+  `@<profile>` (or `@trial.NAME`) and/or `#<seed>` (that seed alone), or a `.json` file's path relative to the
   repository (KEY then a dotted key into it), or a `.csv` file's (KEY `col=value,.../column`: that
   column of the one matching row); FORMAT a Python format spec (`.1f`, `d`, `s`).
   `python -m reproduce report` rewrites the values; `refresh_quotes` also lists those that disagree
@@ -31,6 +31,7 @@ import pandas as pd
 from reproduce.results import current_seeds, load_result, not_current_reason, profile_suffix, result_dir, status, write_atomic
 from reproduce.spec import Suite
 from reproduce.tables import COLUMNS, MODEL_TITLES, collect, within
+from reproduce.trials import run_spec
 
 QUOTE = re.compile(r"<!--q (?P<source>\S+) (?P<key>\S+?)(?: (?P<fmt>\S+?))?-->(?P<value>.*?)<!--/q-->")
 CLOSE_FACTOR = 2.0  # "close": every miss is within this multiple of its tolerance
@@ -148,11 +149,11 @@ def quote_value(source: str, key: str, suite: Suite, root: Path, repo: Path) -> 
                 raise QuoteError(f"quote of {source}: no key {key!r}")
             value = value[part]
         return value
-    m = re.fullmatch(r"(?P<id>[\w.]+)(?:@(?P<profile>\w+))?(?:#(?P<seed>\d+))?", source)
+    m = re.fullmatch(r"(?P<id>[\w.]+)(?:@(?P<profile>[\w.]+))?(?:#(?P<seed>\d+))?", source)
     if not m:
         raise QuoteError(f"quote source {source!r}: give <id>[@profile][#seed] or a JSON file's path")
     try:
-        spec = suite.resolve(m["id"], m["profile"] or "paper")
+        spec = run_spec(suite, m["id"], m["profile"] or "paper")
     except ValueError as e:
         raise QuoteError(f"quote source {source!r}: {e}") from None
     if m["seed"]:

@@ -85,18 +85,7 @@ def compare(suite: Suite, experiment: str, root: Path, seed: int = 0) -> tuple[p
     """One row per trial of `experiment`: what it changes, its curves at AT_EPOCHS, final metrics. First,
     as the reference the trials change, a row for the experiment's own run in each profile a trial starts
     from (named by its profile in brackets, e.g. `[paper]`), where that run is finished or in progress."""
-    names = [n for n, t in suite.trials.items() if t["experiment"] == experiment]
-    if not names:
-        raise ValueError(f"no [[trial]] of {experiment!r} in the experiments file; trials exist for: "
-                         f"{', '.join(sorted({t['experiment'] for t in suite.trials.values()})) or '(none)'}")
-    runs: list[tuple[str, RunSpec, str]] = []
-    for base in dict.fromkeys(suite.trials[n].get("base", "paper") for n in names):
-        spec = suite.resolve(experiment, base)
-        if seed in spec.seeds:
-            runs.append((f"[{base}]", spec, "(none: the reference)"))
-    runs += [(n, suite.resolve_trial(n), ", ".join(f"{k}={v if v != '' else '(none)'}"
-                                                                  for k, v in suite.trials[n].get("set", {}).items()))
-             for n in names]
+    runs = _runs(suite, experiment, seed)
     rows, histories = [], {}
     for name, spec, changes in runs:
         if seed not in spec.seeds:  # nothing of seed `seed` to show; its seeds' means still are
@@ -127,11 +116,61 @@ def compare(suite: Suite, experiment: str, root: Path, seed: int = 0) -> tuple[p
     return pd.DataFrame(rows), histories
 
 
+def _runs(suite: Suite, experiment: str, seed: int) -> list[tuple[str, RunSpec, str]]:
+    """(row name, spec, what it changes) for the reference run of each profile a trial of `experiment` starts
+    from (where it has seed `seed`), then every trial; a ValueError if `experiment` has no trials."""
+    names = [n for n, t in suite.trials.items() if t["experiment"] == experiment]
+    if not names:
+        raise ValueError(f"no [[trial]] of {experiment!r} in the experiments file; trials exist for: "
+                         f"{', '.join(sorted({t['experiment'] for t in suite.trials.values()})) or '(none)'}")
+    runs: list[tuple[str, RunSpec, str]] = []
+    for base in dict.fromkeys(suite.trials[n].get("base", "paper") for n in names):
+        spec = suite.resolve(experiment, base)
+        if seed in spec.seeds:
+            runs.append((f"[{base}]", spec, "(none: the reference)"))
+    runs += [(n, suite.resolve_trial(n), ", ".join(f"{k}={v if v != '' else '(none)'}"
+                                                                  for k, v in suite.trials[n].get("set", {}).items()))
+             for n in names]
+    return runs
+
+
+def sweep_means(suite: Suite, experiment: str, root: Path, seed: int = 0) -> pd.DataFrame:
+    """Per run (reference and trials, as `compare`) and threshold setting of `reproduce sweep`: test error,
+    kept weights and CR fast averaged over the seeds whose current results hold a sweep.csv (columns run,
+    setting, seeds, error_pct, nonzero_pct, cr_fast); the posteriors compared at equal error. Empty where
+    no run was swept."""
+    parts = []
+    for name, spec, _ in _runs(suite, experiment, seed):
+        files = [result_dir(root, spec.id, spec.profile, s) / "sweep.csv" for s in spec.seeds
+                 if status(root, spec, s) == "current"]
+        frames = [pd.read_csv(f, dtype={"setting": str}) for f in files if f.exists()]
+        if frames:
+            mean = pd.concat(frames).groupby("setting", sort=False)[["error_pct", "nonzero_pct", "cr_fast"]].mean()
+            parts.append(mean.reset_index().assign(run=name, seeds=f"{len(frames)} of {len(spec.seeds)}"))
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts)[["run", "setting", "seeds", "error_pct", "nonzero_pct", "cr_fast"]]
+
+
 def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int = 0) -> str:
     """figures/trials_<experiment>.{md,png,pdf}; returns the markdown."""
     frame, histories = compare(suite, experiment, root, seed)
     text = (f"# Recipe trials of {experiment} (seed {seed})\n\n"
             + frame.to_markdown(index=False, floatfmt=".2f").replace(" nan ", " —   ") + "\n")
+    swept = sweep_means(suite, experiment, root, seed)
+    if swept.empty:
+        (figures / f"trials_{experiment}_sweeps.csv").unlink(missing_ok=True)
+    else:
+        write_atomic(figures / f"trials_{experiment}_sweeps.csv", swept.to_csv(index=False, float_format="%.6g"))
+        cells = swept.assign(run=swept["run"] + ", " + swept["seeds"] + " seeds",
+                             cell=[f"{e:.2f} / {c:.1f}" for e, c in zip(swept["error_pct"], swept["cr_fast"])])
+        table = cells.pivot(index="run", columns="setting", values="cell")
+        table = table.loc[list(dict.fromkeys(cells["run"])), list(dict.fromkeys(cells["setting"]))]
+        text += ("\n## Threshold sweeps: test error % / CR fast, mean over the seeds swept\n\n"
+                 "Columns: the validation margin in percentage points (or the setting `python -m reproduce sweep` "
+                 "names); `python -m reproduce sweep EXPERIMENT --profile trial.NAME` sweeps a trial. "
+                 f"As CSV, with kept weights: [trials_{experiment}_sweeps.csv](trials_{experiment}_sweeps.csv).\n\n"
+                 + table.rename_axis(index=None, columns=None).fillna("").to_markdown() + "\n")
     write_atomic(figures / f"trials_{experiment}.md", text)
     if histories:
         fig, axes = plt.subplots(1, len(CURVES), figsize=(12, 3.4))

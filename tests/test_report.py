@@ -9,6 +9,7 @@ import pytest
 from bayescomp.metrics import METRICS_FORMAT
 from reproduce.report import QUOTE, QuoteError, refresh, refresh_quotes, toc, verdicts
 from reproduce.spec import load_suite
+from reproduce.trials import run_spec
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = '''
@@ -35,6 +36,10 @@ method = "bc_ghs"
 epochs = 1
 [experiment.targets]
 error_pct = { value = 1.8, tol = 0.2, tag = "M", source = "test" }
+[[trial]]
+name = "longer"
+experiment = "lenet300.bc_gnj"
+set = { epochs = 2 }
 '''
 
 
@@ -44,10 +49,11 @@ def _suite(tmp_path: Path):
     return load_suite(path)
 
 
-def _record(root: Path, suite, exp_id: str, seed: int, **metrics) -> None:
-    """A current result of `exp_id` holding `metrics` (as a finished run leaves it, files-wise)."""
-    spec = suite.resolve(exp_id, "paper")
-    d = root / exp_id / "paper" / f"seed{seed}"
+def _record(root: Path, suite, exp_id: str, seed: int, where: str = "paper", **metrics) -> None:
+    """A current result of `exp_id` in profile (or trial.NAME) `where` holding `metrics` (as a finished run
+    leaves it, files-wise)."""
+    spec = run_spec(suite, exp_id, where)
+    d = root / exp_id / where / f"seed{seed}"
     d.mkdir(parents=True)
     (d / "spec.json").write_text(json.dumps({"spec_hash": spec.hash}))
     (d / "history.csv").write_text("epoch\n1\n")
@@ -81,6 +87,11 @@ def test_quotes_are_rewritten_from_results_and_a_wrong_one_is_reported(tmp_path)
     assert changed == ["lenet300.bc_gnj cr_fast: the document says '31.0', the results '32.0'"]
     assert "-->32.0<!--/q-->" in new
     assert refresh_quotes(new, suite, root, tmp_path)[1] == []
+    _record(root, suite, "lenet300.bc_gnj", 1, where="trial.longer", error_pct=1.7)
+    trial = "<!--q lenet300.bc_gnj@trial.longer#1 error_pct .2f-->1.80<!--/q-->"  # a trial's run, by its name
+    assert refresh_quotes(trial, suite, root, tmp_path)[0] == trial.replace("1.80", "1.70")
+    with pytest.raises(QuoteError, match="no current result"):
+        refresh_quotes("<!--q lenet300.bc_gnj@trial.longer#0 error_pct .2f-->1<!--/q-->", suite, root, tmp_path)
     with pytest.raises(QuoteError, match="no current result"):
         refresh_quotes("<!--q lenet300.bc_ghs error_pct .2f-->1<!--/q-->", suite, root, tmp_path)
     with pytest.raises(QuoteError, match="no key"):

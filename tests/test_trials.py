@@ -1,6 +1,7 @@
 """Recipe trials: a variant of an experiment, recorded beside it, compared epoch by epoch."""
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -65,6 +66,12 @@ def test_trial_runs_records_beside_its_experiment_and_compares(tmp_path, data_di
                  *args]) == 0
     sweep = (folder / "sweep.csv").read_text().splitlines()
     assert len(sweep) == 1 + 8 and sweep[1].startswith("0,")  # one row per margin, written beside the trial's run
+    assert main(["trials", "lenet300.bc_ghs", *args]) == 0
+    swept = (tmp_path / "f" / "trials_lenet300.bc_ghs.md").read_text().split("## Threshold sweeps")[1]
+    row = [r for r in swept.splitlines() if r.startswith("| ghs_warm, 1 of 1 seeds")]
+    margin0 = next(csv.DictReader(sweep))  # one seed: the mean is its value
+    cell = f"{float(margin0['error_pct']):.2f} / {float(margin0['cr_fast']):.1f}"
+    assert len(row) == 1 and row[0].split("|")[2].strip() == cell and "ghs_scratch" not in swept  # not swept: no row
     capsys.readouterr()
     assert main(["sweep", "lenet300.bc_gnj", "--profile", "trial.ghs_warm", *args]) == 2
     assert "trial.ghs_warm is a trial of lenet300.bc_ghs, not of lenet300.bc_gnj" in capsys.readouterr().err
