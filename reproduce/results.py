@@ -205,14 +205,20 @@ def resume_point_is_specs(work: Path, spec: RunSpec) -> bool:
     return (work / "checkpoint.pt").exists() and hash_file.exists() and hash_file.read_text().strip() == spec.hash
 
 
-def resume_epoch(root: Path, spec: RunSpec, seed: int) -> int | None:
-    """The last epoch of spec's committed resume point for `seed` (results/.work/), None if it has none."""
+def resume_point(root: Path, spec: RunSpec, seed: int) -> dict[str, Any] | None:
+    """The state saved at spec's resume point for `seed` (results/.work/: epoch, history, ...), None if
+    there is none of spec's; an ArtifactError naming the fix if its checkpoint cannot be read."""
     work = work_dir(root, spec.id, spec.profile, seed)
-    checkpoint = work / "checkpoint.pt"
     if not resume_point_is_specs(work, spec):
         return None
+    return load_plain(work / "checkpoint.pt", f"delete it to restart the run: rm {work / 'checkpoint.pt'}")
+
+
+def resume_epoch(root: Path, spec: RunSpec, seed: int) -> int | None:
+    """The last epoch of spec's committed resume point for `seed`, None if it has none (or an unreadable one)."""
     try:
-        return int(load_plain(checkpoint, "")["epoch"])
+        state = resume_point(root, spec, seed)
+        return None if state is None else int(state["epoch"])
     except (ArtifactError, KeyError, TypeError, ValueError):
         return None
 

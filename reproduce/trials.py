@@ -27,9 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bayescomp.artifact import load_plain  # noqa: E402
 from reproduce.figures import save_figures  # noqa: E402
-from reproduce.results import (load_record, load_result, result_dir, resume_point_is_specs, run_lock,  # noqa: E402
+from reproduce.results import (load_record, load_result, result_dir, resume_point, run_lock,  # noqa: E402
                                staged_dir, staging_dir, status, work_dir, write_atomic)
 from reproduce.run import metrics_line, parse_deadline, run_one  # noqa: E402
 from reproduce.spec import RunSpec, SpecError, Suite  # noqa: E402
@@ -71,12 +70,10 @@ def run_history(spec: RunSpec, root: Path, seed: int) -> tuple[pd.DataFrame | No
     recorded = status(root, spec, seed)
     if recorded == "current":
         return pd.read_csv(result_dir(root, spec.id, spec.profile, seed) / "history.csv"), "finished"
-    work = work_dir(root, spec.id, spec.profile, seed)
-    ckpt = work / "checkpoint.pt"
-    if resume_point_is_specs(work, spec):
-        state = load_plain(ckpt, f"delete it to restart the run: rm {ckpt}")
+    state = resume_point(root, spec, seed)
+    if state is not None:
         return pd.DataFrame(state["history"]), f"in progress ({state['epoch']}/{spec.train.epochs} epochs)"
-    if recorded == "stale" or ckpt.exists():
+    if recorded == "stale" or (work_dir(root, spec.id, spec.profile, seed) / "checkpoint.pt").exists():
         return None, "stale (recorded under another spec)"
     return None, "not started"
 
