@@ -30,7 +30,7 @@ from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite
 from reproduce.sweep import sweep_command
 from reproduce.table2 import table2_command
 from reproduce.tables import table1_command
-from reproduce.trials import adopt_command, run_spec, trial_command, trials_command
+from reproduce.trials import adopt_command, trial_command, trials_command
 
 
 VERBS: dict[str, Callable[[argparse.Namespace, Suite], int]] = {  # what each verb does, in its own module
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         suite = load_suite(args.spec)
-        trial = args.verb == "sweep" and args.profile.startswith("trial.")  # a trial's runs: checked by run_spec
+        trial = args.verb == "sweep" and args.profile.startswith("trial.")  # a trial's runs: checked by Suite.run_spec
         if getattr(args, "profile", None) is not None and args.profile not in suite.profiles and not trial:
             raise SpecError(f"--profile {args.profile}: no such profile in {args.spec}; valid: "
                             + "; ".join(f"{n} = {p.get('description', 'no description')}"
@@ -194,12 +194,13 @@ def _check_args(args: argparse.Namespace, suite: Suite) -> None:
     if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs {jobs}: must be at least 1 (the number of runs side by side); e.g. --jobs 2")
     if getattr(args, "seed", None):
-        spec = run_spec(suite, args.id, args.profile)
+        spec = suite.run_spec(args.id, args.profile)
         wrong = [s for s in args.seed if s not in spec.seeds]
         if wrong:
             raise ValueError(f"--seed {wrong[0]}: {spec.id} has no such seed in profile {spec.profile!r} "
                              f"(its seeds: {', '.join(map(str, spec.seeds))}); pass one of those, or add it to "
-                             f"the experiment's seeds in {args.spec}")
+                             + ("the trial's `set = { seeds = [...] }`" if spec.profile.startswith("trial.")
+                                else "the experiment's seeds") + f" in {args.spec}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import pandas as pd
 from reproduce.results import current_seeds, load_result, not_current_reason, profile_suffix, result_dir, status, write_atomic
 from reproduce.spec import Suite
 from reproduce.tables import COLUMNS, MODEL_TITLES, collect, within
-from reproduce.trials import run_spec
 
 QUOTE = re.compile(r"<!--q (?P<source>\S+) (?P<key>\S+?)(?: (?P<fmt>\S+?))?-->(?P<value>.*?)<!--/q-->")
 CLOSE_FACTOR = 2.0  # "close": every miss is within this multiple of its tolerance
@@ -151,9 +150,9 @@ def quote_value(source: str, key: str, suite: Suite, root: Path, repo: Path) -> 
         return value
     m = re.fullmatch(r"(?P<id>[\w.]+)(?:@(?P<profile>[\w.]+))?(?:#(?P<seed>\d+))?", source)
     if not m:
-        raise QuoteError(f"quote source {source!r}: give <id>[@profile][#seed] or a JSON file's path")
+        raise QuoteError(f"quote source {source!r}: give <id>[@profile or @trial.NAME][#seed], or a JSON or CSV file's path")
     try:
-        spec = run_spec(suite, m["id"], m["profile"] or "paper")
+        spec = suite.run_spec(m["id"], m["profile"] or "paper")
     except ValueError as e:
         raise QuoteError(f"quote source {source!r}: {e}") from None
     if m["seed"]:

@@ -130,6 +130,16 @@ class Suite:
             pretrain_hash=None if pretrain is None else self.resolve(pretrain, base.profile).hash,
             **{k: (tuple(v) if k == "seeds" else v) for k, v in sets.items()})
 
+    def run_spec(self, exp_id: str, where: str) -> RunSpec:
+        """The spec of experiment `exp_id` in profile `where`, or of trial NAME where `where` is `trial.NAME`
+        (a SpecError if that trial is of another experiment)."""
+        if not where.startswith("trial."):
+            return self.resolve(exp_id, where)
+        spec = self.resolve_trial(where[len("trial."):])
+        if spec.id != exp_id:
+            raise SpecError(f"{where} is a trial of {spec.id}, not of {exp_id}")
+        return spec
+
     def ids(self, table: str | None = None) -> list[str]:
         return [i for i, e in self.experiments.items() if table is None or e.get("table") == table]
 

@@ -32,7 +32,6 @@ from bayescomp.models import MODELS
 from reproduce.registry import METHODS
 from reproduce.results import artifact, result_dir, status, write_atomic
 from reproduce.spec import RunSpec, Suite
-from reproduce.trials import run_spec
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
 SVD_THRESHOLDS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)  # log α; weights at or above are removed
@@ -42,7 +41,7 @@ OFFICIAL_THRESHOLDS = {("lenet300", "bc_gnj"): [-2.8, -3.0, -5.0]}  # official e
 def sweep_command(args: argparse.Namespace, suite: Suite) -> int:
     """`python -m reproduce sweep ID`: sweep every current seed (or those of --seed) of profile (or trial.NAME)
     --profile; print and record each."""
-    spec = run_spec(suite, args.id, args.profile)
+    spec = suite.run_spec(args.id, args.profile)
     data = load_dataset(spec.dataset, args.data_dir, val_size=spec.val_size)
     for seed in args.seed or list(spec.seeds):
         if status(args.results_dir, spec, seed) != "current":
@@ -86,8 +85,10 @@ def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[
     if post is None:
         raise FileNotFoundError(f"{folder} holds no posterior.pt: only Bayesian runs keep one, and a large one "
                                 "(*.large.pt) only on the machine that trained it")
-    state = load_plain(post, "restore it, or write it again: python -m reproduce run "
-                             f"{spec.id} --profile {spec.profile} --seed {seed} --force")["state_dict"]
+    again = (f"rm -r {folder} && python -m reproduce trial {spec.profile[len('trial.'):]}"
+             if spec.profile.startswith("trial.") else
+             f"python -m reproduce run {spec.id} --profile {spec.profile} --seed {seed} --force")
+    state = load_plain(post, f"restore it, or write it again: {again}")["state_dict"]
     base = METHODS[spec.method](**spec.method_args)
     model = MODELS[spec.model](layers=base.layers(), mean=data.mean, std=data.std, **spec.model_args)
     model.load_state_dict(state)

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reproduce.figures import save_figures  # noqa: E402
-from reproduce.results import (load_record, load_result, result_dir, resume_point, run_lock,  # noqa: E402
+from reproduce.results import (current_seeds, load_record, load_result, result_dir, resume_point, run_lock,  # noqa: E402
                                staged_dir, staging_dir, status, work_dir, write_atomic)
 from reproduce.run import metrics_line, parse_deadline, run_one  # noqa: E402
 from reproduce.spec import RunSpec, SpecError, Suite  # noqa: E402
@@ -113,9 +113,9 @@ def compare(suite: Suite, experiment: str, root: Path, seed: int = 0) -> tuple[p
     return pd.DataFrame(rows), histories
 
 
-def _runs(suite: Suite, experiment: str, seed: int) -> list[tuple[str, RunSpec, str]]:
+def _runs(suite: Suite, experiment: str, seed: int | None = None) -> list[tuple[str, RunSpec, str]]:
     """(row name, spec, what it changes) for the reference run of each profile a trial of `experiment` starts
-    from (where it has seed `seed`), then every trial; a ValueError if `experiment` has no trials."""
+    from (where it has seed `seed`, unless None), then every trial; a ValueError if `experiment` has no trials."""
     names = [n for n, t in suite.trials.items() if t["experiment"] == experiment]
     if not names:
         raise ValueError(f"no [[trial]] of {experiment!r} in the experiments file; trials exist for: "
@@ -123,7 +123,7 @@ def _runs(suite: Suite, experiment: str, seed: int) -> list[tuple[str, RunSpec, 
     runs: list[tuple[str, RunSpec, str]] = []
     for base in dict.fromkeys(suite.trials[n].get("base", "paper") for n in names):
         spec = suite.resolve(experiment, base)
-        if seed in spec.seeds:
+        if seed is None or seed in spec.seeds:
             runs.append((f"[{base}]", spec, "(none: the reference)"))
     runs += [(n, suite.resolve_trial(n), ", ".join(f"{k}={v if v != '' else '(none)'}"
                                                                   for k, v in suite.trials[n].get("set", {}).items()))
@@ -131,19 +131,20 @@ def _runs(suite: Suite, experiment: str, seed: int) -> list[tuple[str, RunSpec, 
     return runs
 
 
-def sweep_means(suite: Suite, experiment: str, root: Path, seed: int = 0) -> pd.DataFrame:
+def sweep_means(suite: Suite, experiment: str, root: Path) -> pd.DataFrame:
     """Per run (reference and trials, as `compare`) and threshold setting of `reproduce sweep`: test error,
     kept weights and CR fast averaged over the seeds whose current results hold a sweep.csv (columns run,
-    setting, seeds, error_pct, nonzero_pct, cr_fast); the posteriors compared at equal error. Empty where
-    no run was swept."""
+    setting, seeds = how many of the run's seeds have that setting, error_pct, nonzero_pct, cr_fast): the
+    trade-off of each run's posteriors, to be read off at equal error. Empty where no run was swept."""
     parts = []
-    for name, spec, _ in _runs(suite, experiment, seed):
-        files = [result_dir(root, spec.id, spec.profile, s) / "sweep.csv" for s in spec.seeds
-                 if status(root, spec, s) == "current"]
+    for name, spec, _ in _runs(suite, experiment):
+        files = [result_dir(root, spec.id, spec.profile, s) / "sweep.csv" for s in current_seeds(root, spec)]
         frames = [pd.read_csv(f, dtype={"setting": str}) for f in files if f.exists()]
         if frames:
-            mean = pd.concat(frames).groupby("setting", sort=False)[["error_pct", "nonzero_pct", "cr_fast"]].mean()
-            parts.append(mean.reset_index().assign(run=name, seeds=f"{len(frames)} of {len(spec.seeds)}"))
+            grouped = pd.concat(frames).groupby("setting", sort=False)
+            mean = grouped[["error_pct", "nonzero_pct", "cr_fast"]].mean()
+            mean.insert(0, "seeds", [f"{n} of {len(spec.seeds)}" for n in grouped.size()])
+            parts.append(mean.reset_index().assign(run=name))
     if not parts:
         return pd.DataFrame()
     return pd.concat(parts)[["run", "setting", "seeds", "error_pct", "nonzero_pct", "cr_fast"]]
@@ -154,18 +155,20 @@ def render(suite: Suite, experiment: str, root: Path, figures: Path, seed: int =
     frame, histories = compare(suite, experiment, root, seed)
     text = (f"# Recipe trials of {experiment} (seed {seed})\n\n"
             + frame.to_markdown(index=False, floatfmt=".2f").replace(" nan ", " —   ") + "\n")
-    swept = sweep_means(suite, experiment, root, seed)
+    swept = sweep_means(suite, experiment, root)
     if swept.empty:
         (figures / f"trials_{experiment}_sweeps.csv").unlink(missing_ok=True)
     else:
         write_atomic(figures / f"trials_{experiment}_sweeps.csv", swept.to_csv(index=False, float_format="%.6g"))
-        cells = swept.assign(run=swept["run"] + ", " + swept["seeds"] + " seeds",
+        seeds = swept.groupby("run", sort=False)["seeds"].agg(lambda v: " or ".join(dict.fromkeys(v)))
+        cells = swept.assign(run=swept["run"] + ", " + swept["run"].map(seeds) + " seeds",
                              cell=[f"{e:.2f} / {c:.1f}" for e, c in zip(swept["error_pct"], swept["cr_fast"])])
         table = cells.pivot(index="run", columns="setting", values="cell")
         table = table.loc[list(dict.fromkeys(cells["run"])), list(dict.fromkeys(cells["setting"]))]
         text += ("\n## Threshold sweeps: test error % / CR fast, mean over the seeds swept\n\n"
-                 "Columns: the validation margin in percentage points (or the setting `python -m reproduce sweep` "
-                 "names); `python -m reproduce sweep EXPERIMENT --profile trial.NAME` sweeps a trial. "
+                 "Each run's trade-off, to compare the runs at equal error. Columns: the validation margin in "
+                 "percentage points (or the setting `python -m reproduce sweep` names); "
+                 "`python -m reproduce sweep EXPERIMENT --profile trial.NAME` sweeps a trial. "
                  f"As CSV, with kept weights: [trials_{experiment}_sweeps.csv](trials_{experiment}_sweeps.csv).\n\n"
                  + table.rename_axis(index=None, columns=None).fillna("").to_markdown() + "\n")
     write_atomic(figures / f"trials_{experiment}.md", text)
@@ -211,16 +214,6 @@ def _coincide(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     return bool(cols) and a[cols].reset_index(drop=True).equals(b[cols].iloc[:n].reset_index(drop=True))
 
 
-def run_spec(suite: Suite, experiment: str, where: str) -> RunSpec:
-    """The spec of `experiment` in profile `where`, or of trial NAME where `where` is `trial.NAME`."""
-    if not where.startswith("trial."):
-        return suite.resolve(experiment, where)
-    spec = suite.resolve_trial(where[len("trial."):])
-    if spec.id != experiment:
-        raise SpecError(f"{where} is a trial of {spec.id}, not of {experiment}")
-    return spec
-
-
 def train_command(experiment: str, where: str) -> str:
     """The command that trains `experiment` in profile `where`, or trial NAME where `where` is `trial.NAME`."""
     if where.startswith("trial."):
@@ -233,7 +226,7 @@ def adopt_command(args: argparse.Namespace, suite: Suite) -> int:
     FROM to TO, for the seeds both list, when both resolve to the same spec hash; spec.json then names TO
     and records `adopted_from`. Refused, writing nothing, when the specs differ."""
     root = args.results_dir
-    src, dst = run_spec(suite, args.experiment, args.source), run_spec(suite, args.experiment, args.dest)
+    src, dst = suite.run_spec(args.experiment, args.source), suite.run_spec(args.experiment, args.dest)
     if src.hash != dst.hash:
         a, b = src.hashed_content(), dst.hashed_content()
         a.pop("train"), b.pop("train")

@@ -9,7 +9,6 @@ import pytest
 from bayescomp.metrics import METRICS_FORMAT
 from reproduce.report import QUOTE, QuoteError, refresh, refresh_quotes, toc, verdicts
 from reproduce.spec import load_suite
-from reproduce.trials import run_spec
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = '''
@@ -52,7 +51,7 @@ def _suite(tmp_path: Path):
 def _record(root: Path, suite, exp_id: str, seed: int, where: str = "paper", **metrics) -> None:
     """A current result of `exp_id` in profile (or trial.NAME) `where` holding `metrics` (as a finished run
     leaves it, files-wise)."""
-    spec = run_spec(suite, exp_id, where)
+    spec = suite.run_spec(exp_id, where)
     d = root / exp_id / where / f"seed{seed}"
     d.mkdir(parents=True)
     (d / "spec.json").write_text(json.dumps({"spec_hash": spec.hash}))

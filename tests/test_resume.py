@@ -8,9 +8,10 @@ from datetime import datetime
 
 import pytest
 
+from bayescomp.artifact import ArtifactError
 from bayescomp.train import TrainingPaused
 from reproduce.__main__ import main
-from reproduce.results import result_dir
+from reproduce.results import result_dir, resume_epoch, resume_point
 from reproduce.run import parse_deadline, run_one
 from reproduce.spec import load_suite
 from tests.test_reproduce import TINY
@@ -82,3 +83,20 @@ def test_a_resume_point_not_vouched_for_by_its_spec_hash_is_not_resumed(tmp_path
     with pytest.raises(TrainingPaused) as paused:  # started over: paused after epoch 1 again, not finished
         run_one(suite, spec, 0, tmp_path, deadline=time.time(), **kw)
     assert paused.value.epochs_done == 1 and hash_file.read_text().strip() == spec.hash
+
+
+def test_a_resume_point_reads_back_its_epoch_and_a_corrupt_one_names_the_fix(tmp_path, data_dir):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY)
+    spec = load_suite(path).resolve("lenet300.dense", "quick")
+    assert resume_point(tmp_path, spec, 0) is None and resume_epoch(tmp_path, spec, 0) is None  # none yet
+    with pytest.raises(TrainingPaused):
+        run_one(load_suite(path), spec, 0, tmp_path, deadline=time.time(), data_dir=str(data_dir), progress=False,
+                device="cpu")
+    state = resume_point(tmp_path, spec, 0)
+    assert state["epoch"] == 1 and len(state["history"]) == 1 and resume_epoch(tmp_path, spec, 0) == 1
+    checkpoint = tmp_path / ".work" / spec.id / "quick" / "seed0" / "checkpoint.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(ArtifactError, match=f"rm {checkpoint}"):
+        resume_point(tmp_path, spec, 0)
+    assert resume_epoch(tmp_path, spec, 0) is None  # a table shows no progress rather than failing

@@ -44,7 +44,7 @@ def test_a_trial_changes_only_its_keys_and_starts_from_its_base_profiles_pretrai
                                           ('experiment = "lenet300.nope"\nset = {}', "experiment 'lenet300.nope' unknown")])
 def test_a_bad_trial_is_refused_at_load(tmp_path, bad, message):
     path = tmp_path / "e.toml"
-    text = f'[[trial]]\nname = "t"\n' + (bad if "experiment" in bad else f'experiment = "lenet300.bc_ghs"\n{bad}')
+    text = '[[trial]]\nname = "t"\n' + (bad if "experiment" in bad else f'experiment = "lenet300.bc_ghs"\n{bad}')
     path.write_text(TINY + BC + text + "\n")
     with pytest.raises(SpecError, match=message):
         load_suite(path)
@@ -59,7 +59,9 @@ def test_trial_runs_records_beside_its_experiment_and_compares(tmp_path, data_di
     assert json.loads((folder / "spec.json").read_text())["pretrain"].endswith("lenet300.dense/quick/seed0")
     out = capsys.readouterr().out
     assert "| ghs_warm " in out and "finished" in out and "| ghs_scratch " in out and "not started" in out
+    assert "pretrain=(none)" in out  # ghs_scratch's pretrain = "": from scratch
     assert (tmp_path / "f" / "trials_lenet300.bc_ghs.png").exists()
+    assert not (tmp_path / "f" / "trials_lenet300.bc_ghs_sweeps.csv").exists()  # nothing swept yet
     assert not (tmp_path / "r" / "lenet300.bc_ghs" / "quick").exists()  # the experiment's own rows untouched
     assert "[quick]" not in out  # the reference run, not begun, is no row
     assert main(["sweep", "lenet300.bc_ghs", "--profile", "trial.ghs_warm", "--data-dir", str(data_dir), "--no-progress",
@@ -72,9 +74,17 @@ def test_trial_runs_records_beside_its_experiment_and_compares(tmp_path, data_di
     margin0 = next(csv.DictReader(sweep))  # one seed: the mean is its value
     cell = f"{float(margin0['error_pct']):.2f} / {float(margin0['cr_fast']):.1f}"
     assert len(row) == 1 and row[0].split("|")[2].strip() == cell and "ghs_scratch" not in swept  # not swept: no row
+    means = list(csv.DictReader((tmp_path / "f" / "trials_lenet300.bc_ghs_sweeps.csv").open()))
+    assert [(m["run"], m["setting"], m["seeds"]) for m in means][:2] == [("ghs_warm", "0", "1 of 1"),
+                                                                        ("ghs_warm", "0.05", "1 of 1")]
+    assert len(means) == 8 and float(means[0]["error_pct"]) == pytest.approx(float(margin0["error_pct"]))
     capsys.readouterr()
     assert main(["sweep", "lenet300.bc_gnj", "--profile", "trial.ghs_warm", *args]) == 2
     assert "trial.ghs_warm is a trial of lenet300.bc_ghs, not of lenet300.bc_gnj" in capsys.readouterr().err
+    assert main(["sweep", "lenet300.bc_ghs", "--profile", "trial.ghs_wram", *args]) == 2
+    assert "unknown trial 'ghs_wram'; valid: ghs_warm, ghs_scratch" in capsys.readouterr().err
+    assert main(["sweep", "lenet300.bc_ghs", "--profile", "trial.ghs_warm", "--seed", "7", *args]) == 2
+    assert "--seed 7: lenet300.bc_ghs has no such seed in profile 'trial.ghs_warm'" in capsys.readouterr().err
 
 
 def test_trials_compare_against_the_run_of_the_profile_they_start_from(tmp_path, data_dir, capsys):
