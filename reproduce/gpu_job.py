@@ -54,7 +54,8 @@ from bayescomp.metrics import error_pct
 from bayescomp.models import MODELS
 from bayescomp.train import fit
 from reproduce.registry import METHODS
-from reproduce.results import atomic_path, bench_dir, git, profile_suffix, result_dir, status, work_dir, write_atomic
+from reproduce.results import (atomic_path, bench_dir, checkpoint_path, git, profile_suffix, result_dir, status,
+                               write_atomic)
 from reproduce.run import resolve_device
 from reproduce.spec import DEFAULT_TOML, SpecError, Suite, load_suite
 
@@ -436,7 +437,7 @@ class Child:
     def __init__(self, job: Job, exp_id: str, profile: str, epochs: int, stop_at: float) -> None:
         self.job, self.exp_id, self.profile, self.epochs = job, exp_id, profile, epochs
         self.started, self.killed, self.epochs_seen = time.time(), False, 0
-        self.checkpoint = work_dir(job.results, exp_id, profile, SEED) / "checkpoint.pt"
+        self.checkpoint = checkpoint_path(job.results, exp_id, profile, SEED)
         self.mtime = self._mtime()
         self.last = self.started
         stop = datetime.fromtimestamp(stop_at).isoformat(timespec="seconds")

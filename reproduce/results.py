@@ -40,6 +40,7 @@ from reproduce.spec import RunSpec, Suite
 RESULT_FILES = ("spec.json", "history.csv", "metrics.json")  # + details.json, model.pt, posterior.pt
 LARGE_BYTES = 5_000_000  # larger artifacts are written as *.large.pt, kept out of git
 WEIGHT_FILES = ("model.bcw", "model.large.bcw")  # the weight file of CR max (bayescomp.coding)
+CHECKPOINT = "checkpoint.pt"  # a run's resume point, in its work folder (fit() writes it at each epoch boundary)
 
 
 # ---------------------------------------------------------------- paths
@@ -51,6 +52,11 @@ def result_dir(root: Path, exp_id: str, profile: str, seed: int) -> Path:
 def work_dir(root: Path, exp_id: str, profile: str, seed: int) -> Path:
     """The run's work in progress: its checkpoint (the resume point) and the spec hash it belongs to."""
     return root / ".work" / exp_id / profile / f"seed{seed}"
+
+
+def checkpoint_path(root: Path, exp_id: str, profile: str, seed: int) -> Path:
+    """The run's resume point: the checkpoint fit() writes at each epoch boundary, in its work folder."""
+    return work_dir(root, exp_id, profile, seed) / CHECKPOINT
 
 
 def staging_dir(root: Path, exp_id: str, profile: str, seed: int, tag: str) -> Path:
@@ -202,7 +208,7 @@ def resume_point_is_specs(work: Path, spec: RunSpec) -> bool:
     """Whether the work folder `work` holds a resume point of `spec`: a checkpoint beside a spec_hash file
     naming spec's hash. One without that file, or naming another hash, is of no spec this code can vouch for."""
     hash_file = work / "spec_hash"
-    return (work / "checkpoint.pt").exists() and hash_file.exists() and hash_file.read_text().strip() == spec.hash
+    return (work / CHECKPOINT).exists() and hash_file.exists() and hash_file.read_text().strip() == spec.hash
 
 
 def resume_point(root: Path, spec: RunSpec, seed: int) -> dict[str, Any] | None:
@@ -211,7 +217,7 @@ def resume_point(root: Path, spec: RunSpec, seed: int) -> dict[str, Any] | None:
     work = work_dir(root, spec.id, spec.profile, seed)
     if not resume_point_is_specs(work, spec):
         return None
-    return load_plain(work / "checkpoint.pt", f"delete it to restart the run: rm {work / 'checkpoint.pt'}")
+    return load_plain(work / CHECKPOINT, f"delete it to restart the run: rm {work / CHECKPOINT}")
 
 
 def resume_epoch(root: Path, spec: RunSpec, seed: int) -> int | None:

@@ -29,7 +29,7 @@ from bayescomp.metrics import summarize
 from bayescomp.models import MODELS, load_model, model_record
 from bayescomp.train import fit
 from reproduce.registry import METHODS, has_posterior
-from reproduce.results import (artifact, code_version, load_result, result_dir, resume_point_is_specs, run_lock,
+from reproduce.results import (CHECKPOINT, artifact, code_version, load_result, result_dir, resume_point_is_specs, run_lock,
                                save_artifact, sized_name, staged_dir, staging_dir, status, work_dir)
 from reproduce.spec import RunSpec, Suite
 
@@ -124,7 +124,7 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
         pre_model = artifact(pre_dir, "model")
         assert pre_model is not None
         method.init_from_pretrained(model, load_model(pre_model))
-    history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / "checkpoint.pt",
+    history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / CHECKPOINT,
                   progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset, deadline=deadline)
     compressed = method.compress(model, data.subset(spec.train_subset, spec.test_subset))  # the run's own data
     with staged_dir(staging_dir(root, spec.id, spec.profile, seed, str(os.getpid())), out) as tmp:

@@ -284,3 +284,14 @@ def _check_keys(table: dict[str, Any], valid: tuple[str, ...], where: str) -> No
     unknown = sorted(set(table) - set(valid))
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}")
+
+
+def train_command(exp_id: str, where: str, seed: int | None = None, force: bool = False) -> str:
+    """The command that trains experiment `exp_id` in profile `where` (or trial NAME where `where` is
+    `trial.NAME`); with `seed`, that seed only; with `force`, again over its current result. A trial's
+    command trains each of its seeds not yet current, so `seed` and `force` do not apply to it: to train
+    a current trial run again, remove its results folder first."""
+    if where.startswith("trial."):
+        return f"python -m reproduce trial {where[len('trial.'):]}"
+    return (f"python -m reproduce run {exp_id} --profile {where}" + (f" --seed {seed}" if seed is not None else "")
+            + (" --force" if force else ""))

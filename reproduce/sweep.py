@@ -31,7 +31,7 @@ from bayescomp.metrics import summarize
 from bayescomp.models import MODELS
 from reproduce.registry import METHODS
 from reproduce.results import artifact, result_dir, status, write_atomic
-from reproduce.spec import RunSpec, Suite
+from reproduce.spec import RunSpec, Suite, train_command
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
 SVD_THRESHOLDS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)  # log α; weights at or above are removed
@@ -85,9 +85,8 @@ def sweep(spec: RunSpec, seed: int, root: Path, data: ImageData, margins: tuple[
     if post is None:
         raise FileNotFoundError(f"{folder} holds no posterior.pt: only Bayesian runs keep one, and a large one "
                                 "(*.large.pt) only on the machine that trained it")
-    again = (f"rm -r {folder} && python -m reproduce trial {spec.profile[len('trial.'):]}"
-             if spec.profile.startswith("trial.") else
-             f"python -m reproduce run {spec.id} --profile {spec.profile} --seed {seed} --force")
+    again = (f"rm -r {folder} && " if spec.profile.startswith("trial.") else "") + train_command(
+        spec.id, spec.profile, seed=seed, force=True)
     state = load_plain(post, f"restore it, or write it again: {again}")["state_dict"]
     base = METHODS[spec.method](**spec.method_args)
     model = MODELS[spec.model](layers=base.layers(), mean=data.mean, std=data.std, **spec.model_args)

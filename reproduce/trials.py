@@ -28,10 +28,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reproduce.figures import save_figures  # noqa: E402
-from reproduce.results import (current_seeds, load_record, load_result, result_dir, resume_point, run_lock,  # noqa: E402
-                               staged_dir, staging_dir, status, work_dir, write_atomic)
+from reproduce.results import (checkpoint_path, current_seeds, load_record, load_result, result_dir,  # noqa: E402
+                               resume_point, run_lock, staged_dir, staging_dir, status, work_dir, write_atomic)
 from reproduce.run import metrics_line, parse_deadline, run_one  # noqa: E402
-from reproduce.spec import RunSpec, SpecError, Suite  # noqa: E402
+from reproduce.spec import RunSpec, SpecError, Suite, train_command  # noqa: E402
 
 CURVES = (("val_error_pct", "validation error % (unpruned)"), ("penalty_per_n", "KL per example (nats)"),
           ("prunable_pct", "% weights past the reference threshold"))
@@ -73,7 +73,7 @@ def run_history(spec: RunSpec, root: Path, seed: int) -> tuple[pd.DataFrame | No
     state = resume_point(root, spec, seed)
     if state is not None:
         return pd.DataFrame(state["history"]), f"in progress ({state['epoch']}/{spec.train.epochs} epochs)"
-    if recorded == "stale" or (work_dir(root, spec.id, spec.profile, seed) / "checkpoint.pt").exists():
+    if recorded == "stale" or checkpoint_path(root, spec.id, spec.profile, seed).exists():
         return None, "stale (recorded under another spec)"
     return None, "not started"
 
@@ -212,13 +212,6 @@ def _coincide(a: pd.DataFrame, b: pd.DataFrame) -> bool:
         return False
     cols = [c for c, _ in CURVES if c in a.columns and c in b.columns]
     return bool(cols) and a[cols].reset_index(drop=True).equals(b[cols].iloc[:n].reset_index(drop=True))
-
-
-def train_command(experiment: str, where: str) -> str:
-    """The command that trains `experiment` in profile `where`, or trial NAME where `where` is `trial.NAME`."""
-    if where.startswith("trial."):
-        return f"python -m reproduce trial {where[len('trial.'):]}"
-    return f"python -m reproduce run {experiment} --profile {where}"
 
 
 def adopt_command(args: argparse.Namespace, suite: Suite) -> int:

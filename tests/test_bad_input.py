@@ -118,7 +118,9 @@ def test_a_posterior_file_that_would_run_code_is_refused_with_our_message(spec_f
     assert _main(spec_file, "sweep", "lenet300.bc_ghs", "--profile", "quick", "--data-dir", str(data_dir),
                  "--no-progress") == 2
     out = capsys.readouterr()
-    assert out.err.splitlines()[-1].startswith(f"error: {folder / 'posterior.pt'} was refused and not loaded")
+    line = out.err.splitlines()[-1]
+    assert line.startswith(f"error: {folder / 'posterior.pt'} was refused and not loaded")
+    assert line.endswith("python -m reproduce run lenet300.bc_ghs --profile quick --seed 0 --force")  # the fix
     assert "weights_only" not in out.err and "this ran on load" not in out.out
     assert not (folder / "sweep.csv").exists()
 

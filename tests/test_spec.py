@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from reproduce.spec import DEFAULT_TOML, SpecError, load_suite
+from reproduce.spec import DEFAULT_TOML, SpecError, load_suite, train_command
 
 TINY = '''
 [profiles.paper]
@@ -131,3 +131,12 @@ def test_hash_is_pinned(tmp_path):
 
 
 PINNED = "f880acd3c0cda176"
+
+
+def test_train_command_names_the_profile_or_the_trial():
+    assert train_command("lenet300.bc_gnj", "paper") == "python -m reproduce run lenet300.bc_gnj --profile paper"
+    assert (train_command("lenet300.bc_gnj", "paper", seed=2, force=True)
+            == "python -m reproduce run lenet300.bc_gnj --profile paper --seed 2 --force")
+    # a trial's command trains each of its seeds that is not current: no seed or force to pass
+    assert train_command("lenet300.bc_gnj", "trial.l300_gnj_linear", seed=2, force=True) == (
+        "python -m reproduce trial l300_gnj_linear")
