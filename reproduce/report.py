@@ -22,6 +22,7 @@ import json
 import re
 import statistics
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,8 @@ def quote_value(source: str, key: str, suite: Suite, root: Path, repo: Path) -> 
 
 
 def _csv_value(path: Path, key: str) -> Any:
-    """KEY `col=value,col=value/column`: `column` of the one row of the CSV file matching every `col=value`."""
+    """KEY `col=value,col=value/column`: `column` of the one row of the CSV file matching every `col=value`
+    (a value is percent-decoded: `method=Sparse%20VD`, as a quote's key holds no space)."""
     where, _, column = key.rpartition("/")
     try:
         frame = pd.read_csv(path, dtype=str)
@@ -178,6 +180,7 @@ def _csv_value(path: Path, key: str) -> Any:
         raise QuoteError(f"quote of {path.name}: cannot read it ({e})") from None
     for cond in filter(None, where.split(",")):
         col, _, val = cond.partition("=")
+        val = urllib.parse.unquote(val)
         if col not in frame:
             raise QuoteError(f"quote of {path.name}: no column {col!r}")
         frame = frame[frame[col] == val]

@@ -127,11 +127,13 @@ def test_every_number_quoted_in_reproducing_md_agrees_with_the_recorded_results(
 
 
 def test_a_csv_quote_reads_the_one_matching_row(tmp_path):
-    (tmp_path / "t.csv").write_text("model,method,ratio\nlenet300,dense,1.0\nlenet300,bc_gnj,4.43\n")
+    (tmp_path / "t.csv").write_text("model,method,ratio\nlenet300,dense,1.0\nlenet300,bc_gnj,4.43\nlenet300,Sparse VD,3.8\n")
     suite = _suite(tmp_path)
     text = "<!--q t.csv model=lenet300,method=bc_gnj/ratio .2f-->0<!--/q-->"
     assert refresh_quotes(text, suite, tmp_path, tmp_path)[0].endswith("-->4.43<!--/q-->")
-    with pytest.raises(QuoteError, match="matches 2 rows"):
+    text = "<!--q t.csv model=lenet300,method=Sparse%20VD/ratio .1f-->0<!--/q-->"  # a space, percent-encoded
+    assert refresh_quotes(text, suite, tmp_path, tmp_path)[0].endswith("-->3.8<!--/q-->")
+    with pytest.raises(QuoteError, match="matches 3 rows"):
         refresh_quotes("<!--q t.csv model=lenet300/ratio .2f-->0<!--/q-->", suite, tmp_path, tmp_path)
 
 
