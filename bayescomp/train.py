@@ -19,6 +19,7 @@ import platform
 import sys
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,9 @@ def kl_weight(cfg: TrainConfig, epoch: int) -> float:
 def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, seed: int,
         device: torch.device | str = "cpu", checkpoint: Path | None = None, progress: bool = True,
         train_subset: int | None = None, test_subset: int | None = None,
-        deadline: float | None = None) -> list[dict[str, Any]]:
+        deadline: float | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train `model` in place; return one history row per epoch. Resumes from `checkpoint` if it exists.
-    Calls `keep_freed_memory()` first.
+    Calls `keep_freed_memory()` first, and `on_epoch(row)` with each epoch's history row once it is saved.
 
     deadline (a `time.time()` value): after an epoch's checkpoint, if the next epoch would end past it,
     raise `TrainingPaused`; rerunning with the same checkpoint continues exactly where it stopped.
@@ -222,6 +223,9 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
             _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                           "scheduler": sched.state_dict() if sched is not None else None,
                                           "history": history, "epoch": epoch + 1})
+        if on_epoch is not None:
+            on_epoch(history[-1])
+        if checkpoint is not None:
             if deadline is not None and epoch + 1 < cfg.epochs and time.time() + history[-1]["seconds"] > deadline:
                 bar.close()
                 raise TrainingPaused(epoch + 1, cfg.epochs, checkpoint)

@@ -39,6 +39,7 @@ VERBS: dict[str, Callable[[argparse.Namespace, Suite], int]] = {  # what each ve
     "table1": table1_command, "check": check_command, "table2": table2_command, "sweep": sweep_command,
     "calibrate": calibrate_command, "recode": recode_command, "migrate": migrate_command,
     "figures": figures_command, "bench-train": bench_train_command, "report": report_command}
+EPOCH_LINES = "no progress bar; instead a line per finished epoch on stderr (for the log of a run in the background)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p_trial.add_argument("names", nargs="+", metavar="NAME", help="trial names (see `trials`)")
     p_trial.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p_trial.add_argument("--data-dir", default=None)
-    p_trial.add_argument("--no-progress", action="store_true")
+    p_trial.add_argument("--no-progress", action="store_true", help=EPOCH_LINES)
     p_trials = sub.add_parser("trials", parents=[common],
                               help="compare the recorded trials of an experiment, epoch by epoch: figures/trials_<id>.{md,png}")
     p_trials.add_argument("experiment", nargs="?", default=None, help="experiment id (default: list the trials)")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (p_run, p_t1, p_ck):  # the verbs that train
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
         p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and CIFAR10/ (or set BAYESCOMP_DATA)")
-        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--no-progress", action="store_true", help=EPOCH_LINES if p is p_run else "no progress bars")
     for p in (p_t1, p_ck):  # the verbs that run a plan
         p.add_argument("--jobs", type=int, default=1, help="independent runs side by side (default 1)")
         p.add_argument("--executor", choices=sorted(EXECUTORS), default="local",

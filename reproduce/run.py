@@ -40,7 +40,7 @@ def run_command(args: argparse.Namespace, suite: Suite) -> int:
     for seed in args.seed or list(spec.seeds):
         m = run_one(suite, spec, seed, args.results_dir, device=args.device, data_dir=args.data_dir,
                     progress=not args.no_progress, force=args.force,
-                    deadline=parse_deadline(args.stop_at) if args.stop_at else None)
+                    deadline=parse_deadline(args.stop_at) if args.stop_at else None, epoch_lines=args.no_progress)
         print(f"{spec.id} [{spec.profile}] seed {seed}: {metrics_line(m)}")
     return 0
 
@@ -79,8 +79,9 @@ def resolve_device(device: str) -> torch.device:
 
 def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str = "auto",
             data_dir: str | None = None, progress: bool = True, force: bool = False,
-            deadline: float | None = None) -> dict[str, Any]:
+            deadline: float | None = None, epoch_lines: bool = False) -> dict[str, Any]:
     """Run (or resume) one seed of `spec` and record it; returns its metrics. Skips current results.
+    With `epoch_lines`, prints `epoch_line` to stderr after each epoch (a log's view of a long run).
 
     deadline (a `time.time()` value): stop at the last epoch boundary before it, raising
     `bayescomp.train.TrainingPaused`; the checkpoint in results/.work/ is the resume point (committed
@@ -99,11 +100,23 @@ def run_one(suite: Suite, spec: RunSpec, seed: int, root: Path, *, device: str =
             shutil.rmtree(work)  # a checkpoint of another spec, or of none recorded: start over
         work.mkdir(exist_ok=True)
         (work / "spec_hash").write_text(spec.hash)
-        return _run_locked(suite, spec, seed, root, dev, work, out, device, data_dir, progress, deadline)
+        return _run_locked(suite, spec, seed, root, dev, work, out, device, data_dir, progress, deadline, epoch_lines)
+
+
+def epoch_line(spec: RunSpec, seed: int, row: dict[str, Any]) -> str:
+    """One finished epoch of a run (a row of its history): what `run` and `trial` print per epoch without a
+    progress bar, so that a run in the background shows its progress in its log."""
+    line = (f"{spec.id} [{spec.profile}] seed {seed}: epoch {row['epoch']}/{spec.train.epochs}, "
+            f"KL per example {row['penalty_per_n']:.4g}, val error {row['val_error_pct']:.2f} %, "
+            f"test error {row['test_error_pct']:.2f} %")
+    if "prunable_pct" in row:
+        line += f", {row['prunable_pct']:.1f} % of weights past the reference threshold"
+    return line + f", {row['seconds']:.0f} s"
 
 
 def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.device, work: Path, out: Path,
-                device: str, data_dir: str | None, progress: bool, deadline: float | None) -> dict[str, Any]:
+                device: str, data_dir: str | None, progress: bool, deadline: float | None,
+                epoch_lines: bool) -> dict[str, Any]:
     started = time.time()
     version = code_version()  # of the code this run started with
     data = load_dataset(spec.dataset, data_dir, val_size=spec.val_size)
@@ -120,12 +133,14 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
             print(f"{pre_spec.id} seed {seed}: model file not here (only its metrics are recorded); "
                   "retraining it", file=sys.stderr)
         run_one(suite, pre_spec, seed, root, device=device, data_dir=data_dir, progress=progress, force=regenerate,
-                deadline=deadline)
+                deadline=deadline, epoch_lines=epoch_lines)
         pre_model = artifact(pre_dir, "model")
         assert pre_model is not None
         method.init_from_pretrained(model, load_model(pre_model))
     history = fit(model, method, data, spec.train, seed=seed, device=dev, checkpoint=work / CHECKPOINT,
-                  progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset, deadline=deadline)
+                  progress=progress, train_subset=spec.train_subset, test_subset=spec.test_subset, deadline=deadline,
+                  on_epoch=(lambda row: print(epoch_line(spec, seed, row), file=sys.stderr, flush=True))
+                  if epoch_lines else None)
     compressed = method.compress(model, data.subset(spec.train_subset, spec.test_subset))  # the run's own data
     with staged_dir(staging_dir(root, spec.id, spec.profile, seed, str(os.getpid())), out) as tmp:
         metrics, small = summarize(compressed, data, spec.model, dev, test_subset=spec.test_subset,

@@ -46,7 +46,7 @@ def trial_command(args: argparse.Namespace, suite: Suite) -> int:
     for name, spec in zip(args.names, specs):
         for seed in spec.seeds:
             m = run_one(suite, spec, seed, args.results_dir, device=args.device, data_dir=args.data_dir,
-                        progress=not args.no_progress, deadline=deadline)
+                        progress=not args.no_progress, deadline=deadline, epoch_lines=args.no_progress)
             print(f"trial {name} seed {seed}: {metrics_line(m)}")
     for exp_id in dict.fromkeys(s.id for s in specs):
         print(render(suite, exp_id, args.results_dir, args.figures_dir))

@@ -49,7 +49,10 @@ def test_run_stop_at_exits_3_and_says_how_to_continue(tmp_path, data_dir, capsys
     assert main([*args, "--stop-at", "+0s"]) == 3
     err = capsys.readouterr().err
     assert "paused after epoch 1/2" in err and "rerun the same command" in err
+    assert "lenet300.dense [quick] seed 0: epoch 1/2, KL per example 0, val error" in err  # a log line per epoch
     assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "epoch 2/2" in err and "epoch 1/2" not in err  # resumed after epoch 1
     assert (tmp_path / "r" / "lenet300.dense" / "quick" / "seed0" / "metrics.json").exists()
 
 
