@@ -225,10 +225,9 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
                                           "history": history, "epoch": epoch + 1})
         if on_epoch is not None:
             on_epoch(history[-1])
-        if checkpoint is not None:
-            if deadline is not None and epoch + 1 < cfg.epochs and time.time() + history[-1]["seconds"] > deadline:
-                bar.close()
-                raise TrainingPaused(epoch + 1, cfg.epochs, checkpoint)
+        if deadline is not None and epoch + 1 < cfg.epochs and time.time() + history[-1]["seconds"] > deadline:
+            bar.close()  # a deadline comes with a checkpoint (checked above), saved for this epoch
+            raise TrainingPaused(epoch + 1, cfg.epochs, checkpoint)
     bar.close()
     return history
 
