@@ -217,6 +217,7 @@ def fit(model: nn.Module, method: Method, data: ImageData, cfg: TrainConfig, *, 
                         "val_error_pct": val_err,
                         "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                         "host": platform.node(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        "threads": torch.get_num_threads(),
                         **method.epoch_stats(model)})
         bar.set_postfix(loss=f"{loss_m:.4f}", test_err=f"{test_err:.2f}%")
         if checkpoint is not None:

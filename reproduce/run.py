@@ -173,10 +173,11 @@ def _run_locked(suite: Suite, spec: RunSpec, seed: int, root: Path, dev: torch.d
 
 
 def _segments(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Consecutive epochs trained on one machine (a resumed run has several): host, CPU kernels, epochs."""
+    """Consecutive epochs trained alike (a resumed run may have several): host, CPU kernels, CPU threads
+    (None where an older checkpoint's epochs did not record it), epochs."""
     out: list[dict[str, Any]] = []
     for h in history:
-        where = {"host": h.get("host"), "cpu_capability": h.get("cpu_capability")}
+        where = {"host": h.get("host"), "cpu_capability": h.get("cpu_capability"), "threads": h.get("threads")}
         if out and {k: out[-1][k] for k in where} == where and out[-1]["epochs"][1] == h["epoch"] - 1:
             out[-1]["epochs"][1] = h["epoch"]
         else:

@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 
 import pytest
+import torch
 
 from bayescomp.artifact import ArtifactError
 from bayescomp.train import TrainingPaused
@@ -39,6 +40,25 @@ def test_a_run_paused_at_its_deadline_and_resumed_elsewhere_equals_an_uninterrup
     assert not (other_machine / ".work" / spec.id / "quick" / "seed0").exists()  # resume point removed when done
     record = json.loads((result_dir(other_machine, spec.id, "quick", 0) / "spec.json").read_text())
     assert [s["epochs"] for s in record["segments"]] == [[1, 2]]  # same host: one segment over both sessions
+
+
+def test_a_run_resumed_with_other_cpu_threads_records_both_segments(tmp_path, data_dir):
+    path = tmp_path / "e.toml"
+    path.write_text(TINY)
+    suite = load_suite(path)
+    spec = suite.resolve("lenet300.dense", "quick")  # 2 epochs
+    kw = dict(data_dir=str(data_dir), progress=False, device="cpu")
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(TrainingPaused):
+            run_one(suite, spec, 0, tmp_path, deadline=time.time(), **kw)
+        torch.set_num_threads(2)
+        run_one(suite, spec, 0, tmp_path, **kw)
+    finally:
+        torch.set_num_threads(saved)
+    record = json.loads((result_dir(tmp_path, spec.id, "quick", 0) / "spec.json").read_text())
+    assert [(s["epochs"], s["threads"]) for s in record["segments"]] == [([1, 1], 1), ([2, 2], 2)]
 
 
 def test_run_stop_at_exits_3_and_says_how_to_continue(tmp_path, data_dir, capsys):
