@@ -18,12 +18,16 @@ from reproduce.spec import load_suite
 from tests.test_reproduce import TINY
 
 
-def test_a_run_paused_at_its_deadline_and_resumed_elsewhere_equals_an_uninterrupted_one(tmp_path, data_dir):
+def _tiny_dense(tmp_path, data_dir):
+    """The tiny spec's lenet300.dense in profile quick (2 epochs), and run_one's keywords for it."""
     path = tmp_path / "e.toml"
     path.write_text(TINY)
     suite = load_suite(path)
-    spec = suite.resolve("lenet300.dense", "quick")  # 2 epochs
-    kw = dict(data_dir=str(data_dir), progress=False, device="cpu")
+    return suite, suite.resolve("lenet300.dense", "quick"), dict(data_dir=str(data_dir), progress=False, device="cpu")
+
+
+def test_a_run_paused_at_its_deadline_and_resumed_elsewhere_equals_an_uninterrupted_one(tmp_path, data_dir):
+    suite, spec, kw = _tiny_dense(tmp_path, data_dir)
 
     whole = run_one(suite, spec, 0, tmp_path / "a", **kw)
 
@@ -43,11 +47,7 @@ def test_a_run_paused_at_its_deadline_and_resumed_elsewhere_equals_an_uninterrup
 
 
 def test_a_run_resumed_with_other_cpu_threads_records_both_segments(tmp_path, data_dir):
-    path = tmp_path / "e.toml"
-    path.write_text(TINY)
-    suite = load_suite(path)
-    spec = suite.resolve("lenet300.dense", "quick")  # 2 epochs
-    kw = dict(data_dir=str(data_dir), progress=False, device="cpu")
+    suite, spec, kw = _tiny_dense(tmp_path, data_dir)
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -91,11 +91,7 @@ def test_stop_at_forms():
 
 @pytest.mark.parametrize("damage", ["no spec_hash", "another spec_hash"])
 def test_a_resume_point_not_vouched_for_by_its_spec_hash_is_not_resumed(tmp_path, data_dir, damage):
-    path = tmp_path / "e.toml"
-    path.write_text(TINY)
-    suite = load_suite(path)
-    spec = suite.resolve("lenet300.dense", "quick")  # 2 epochs
-    kw = dict(data_dir=str(data_dir), progress=False, device="cpu")
+    suite, spec, kw = _tiny_dense(tmp_path, data_dir)
     with pytest.raises(TrainingPaused):
         run_one(suite, spec, 0, tmp_path, deadline=time.time(), **kw)
     hash_file = tmp_path / ".work" / spec.id / "quick" / "seed0" / "spec_hash"
